@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The backend contract: the kernel's VFIO device behaviour, as Python.
+
+Everything above the backends (bridge, IRQ engine, server) talks to a device
+only through `DeviceBackend`, so that a simulated model and a real
+/dev/vfio device are indistinguishable to them.  The contract follows the
+kernel's vfio-platform driver:
+
+* regions have a size, READ/WRITE/MMAP flags and optionally an fd that the
+  client may mmap (memfd for simulated models, the VFIO device fd for hosts);
+* each IRQ index has count 1 and flags EVENTFD (edge) or
+  EVENTFD|MASKABLE|AUTOMASKED (level);
+* an IRQ is delivered by writing the trigger eventfd installed with
+  `set_irq_trigger`; a level (automasked) line masks itself when it fires and
+  stays masked until `unmask_irq`; if it is still asserted when unmasked it
+  fires again at once (as the kernel's vfio-platform handler does);
+* `reset` puts the device in its power-on state; IRQ lines end up masked.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vfu_platform import vfio_abi
+
+
+class BackendError(Exception):
+    """A device operation failed; `errno` is what the client is told."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class DmaError(BackendError):
+    """A device-initiated DMA access could not be performed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    """One device region, as VFIO_DEVICE_GET_REGION_INFO describes it."""
+
+    index: int
+    size: int
+    flags: int  # vfio_abi.REGION_FLAG_READ | WRITE | MMAP
+    mmap_fd: int | None = None  # fd to mmap (owned by the backend; never closed by callers)
+    mmap_offset: int = 0  # where the region starts inside mmap_fd
+    # Areas (offset, size) inside the region that may be mmapped; empty with
+    # FLAG_MMAP set means the whole region.
+    sparse_areas: tuple[tuple[int, int], ...] = ()
+    name: str = ""
+
+    @property
+    def mmappable(self) -> bool:
+        return bool(self.flags & vfio_abi.REGION_FLAG_MMAP) and self.mmap_fd is not None
+
+
+@dataclass(frozen=True, slots=True)
+class IrqInfo:
+    """One device IRQ index (platform devices: one line per index, count 1)."""
+
+    index: int
+    count: int
+    flags: int  # vfio_abi.IRQ_INFO_EVENTFD | MASKABLE | AUTOMASKED
+    name: str = ""
+
+    @property
+    def automasked(self) -> bool:
+        return bool(self.flags & vfio_abi.IRQ_INFO_AUTOMASKED)
+
+
+@dataclass(frozen=True, slots=True)
+class AckRegister:
+    """Writing `mask` bits at (region, offset) acknowledges IRQ `irq` (an exact EOI)."""
+
+    irq: int
+    region: int
+    offset: int
+    mask: int
+
+
+class DmaSpace(Protocol):
+    """Client memory as the device sees it (addresses are IOVAs)."""
+
+    def read(self, iova: int, size: int) -> bytes: ...
+
+    def write(self, iova: int, data: bytes) -> None: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """Deferred work, run by the server's event loop (never inside a message handler)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+
+@dataclass(slots=True)
+class DeviceContext:
+    """What the server lends a backend: client memory and the event loop's timers."""
+
+    dma: DmaSpace
+    scheduler: Scheduler
+
+
+class DeviceBackend(abc.ABC):
+    """A platform (or PCI) device with regions and IRQs, with VFIO semantics."""
+
+    #: short name, e.g. "edu" or the host device's sysfs name
+    name: str = ""
+    #: vfio_abi.DEVICE_FLAGS_PLATFORM / AMBA / PCI, | DEVICE_FLAGS_RESET when reset works
+    device_flags: int = 0
+    #: device-tree compatible strings (platform devices), most specific first
+    compatible: tuple[str, ...] = ()
+    #: registers whose write is an exact EOI for an IRQ (optional, per model/config)
+    ack_registers: tuple[AckRegister, ...] = ()
+    #: regions that hold interrupt status/ack registers: never mmapped by default
+    irq_regions: frozenset[int] = frozenset()
+
+    @abc.abstractmethod
+    def regions(self) -> Sequence[RegionInfo]: ...
+
+    @abc.abstractmethod
+    def irqs(self) -> Sequence[IrqInfo]: ...
+
+    @abc.abstractmethod
+    def read(self, region: int, offset: int, size: int) -> bytes:
+        """Read `size` bytes; the caller has bounds-checked against the region."""
+
+    @abc.abstractmethod
+    def write(self, region: int, offset: int, data: bytes) -> None:
+        """Write; the caller has bounds-checked against the region."""
+
+    @abc.abstractmethod
+    def set_irq_trigger(self, irq: int, eventfd: int | None) -> None:
+        """Install (or with None remove) the eventfd the device signals for `irq`.
+
+        The caller keeps ownership of the fd and keeps it open while installed.
+        """
+
+    @abc.abstractmethod
+    def mask_irq(self, irq: int) -> None: ...
+
+    @abc.abstractmethod
+    def unmask_irq(self, irq: int) -> None:
+        """Unmask; a level line that is still asserted fires again at once."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Back to power-on state; IRQ lines masked, triggers kept."""
+
+    def attach(self, context: DeviceContext | None) -> None:
+        """Lend (or with None withdraw) client memory and timers; default: ignore."""
+
+    def close(self) -> None:
+        """Release everything the backend holds (fds, mappings)."""
+
+
+@dataclass(slots=True)
+class Counters:
+    """Event counters a backend or the server exposes for tests and `-v`."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def bump(self, name: str, by: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + by

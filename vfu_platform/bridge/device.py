@@ -1,0 +1,482 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The bridge: a platform device (backend) presented as a PCI function.
+
+Regions 0-5 are the BARs of the BAR plan (platform regions, then the IRQ page),
+6 the (absent) ROM, 7 the emulated config space, 8 the (absent) VGA region.
+IRQ indexes: INTx (count 1), MSI (0), MSI-X (one vector per platform IRQ in
+`msix` mode, else 0), ERR (1, never signalled), REQ (0).
+
+Interrupts: each platform line's trigger eventfd (between bridge and backend,
+owned here, kept across clients) is watched by the event loop; its signal is an
+event for the IRQ engine, whose actions the bridge carries out: write the
+client's INTx or MSI-X eventfd, or unmask the line on the device.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vfu_platform import vfio_abi
+from vfu_platform.backends.base import (
+    AckRegister,
+    BackendError,
+    DeviceBackend,
+    DeviceContext,
+    DmaError,
+    DmaSpace,
+)
+from vfu_platform.bridge.bar_plan import SLACK, BarPlan, RegionSpec, plan_bars
+from vfu_platform.bridge.config_space import CONFIG_SPACE_SIZE, ConfigSpace, ConfigWriteEffects, PciIds
+from vfu_platform.bridge.irq_page import IrqPage
+from vfu_platform.bridge.msix import MsixTable
+from vfu_platform.irq import IrqEngine, LineSpec, Signal, UnmaskLine
+from vfu_platform.protocol import messages as m
+from vfu_platform.server.device_api import ClientContext
+
+log = logging.getLogger("vfu_platform.bridge")
+
+MmapPolicy = Literal["auto", "never", "always"]
+IrqMode = Literal["intx", "msix"]
+
+_NUM_REGIONS = vfio_abi.PCI_NUM_REGIONS
+_NUM_IRQS = vfio_abi.PCI_NUM_IRQS
+_CONFIG = vfio_abi.PCI_CONFIG_REGION_INDEX
+_INTX = vfio_abi.PCI_INTX_IRQ_INDEX
+_MSI = vfio_abi.PCI_MSI_IRQ_INDEX
+_MSIX = vfio_abi.PCI_MSIX_IRQ_INDEX
+_ERR = vfio_abi.PCI_ERR_IRQ_INDEX
+_RW = vfio_abi.REGION_FLAG_READ | vfio_abi.REGION_FLAG_WRITE
+_EVENTFD_ONE = (1).to_bytes(8, "little")
+
+
+@dataclass(slots=True)
+class RegionOptions:
+    mmap: MmapPolicy = "auto"
+    is_64bit: bool = False
+    prefetchable: bool = False
+
+
+@dataclass(slots=True)
+class BridgeOptions:
+    ids: PciIds = field(default_factory=PciIds)
+    irq_mode: IrqMode = "intx"
+    page_size: int | None = None
+    regions: dict[int, RegionOptions] = field(default_factory=dict)
+    #: extra acknowledge registers (platform region numbering), added to the backend's own
+    ack_registers: tuple[AckRegister, ...] = ()
+    #: use the backend's own acknowledge registers for exact EOIs
+    use_model_acks: bool = True
+
+
+class BusMasterGate:
+    """Device DMA is allowed only while COMMAND.bus-master is set.
+
+    QEMU enforces bus mastering for its in-process devices; over vfio-user it hands
+    the server guest memory regardless, so the server has to check.
+    """
+
+    def __init__(self, dma: DmaSpace, config: ConfigSpace, bridge: "PciBridge") -> None:
+        self._dma = dma
+        self._config = config
+        self._bridge = bridge
+
+    def _check(self, what: str, iova: int, size: int) -> None:
+        if not self._config.bus_master:
+            self._bridge.counters["dma-refused-no-bus-master"] = self._bridge.counters.get("dma-refused-no-bus-master", 0) + 1
+            self._bridge.trace("dma-refused", reason="bus master disabled", op=what, iova=iova, size=size)
+            raise DmaError(errno.EPERM, f"device DMA {what} at {iova:#x} refused: bus master is disabled")
+
+    def read(self, iova: int, size: int) -> bytes:
+        self._check("read", iova, size)
+        return self._dma.read(iova, size)
+
+    def write(self, iova: int, data: bytes) -> None:
+        self._check("write", iova, len(data))
+        self._dma.write(iova, data)
+
+
+class PciBridge:
+    def __init__(self, backend: DeviceBackend, options: BridgeOptions | None = None) -> None:
+        self.backend = backend
+        self.options = options or BridgeOptions()
+        self.counters: dict[str, int] = {}
+        platform_regions = list(backend.regions())
+        self._platform_regions = platform_regions
+        specs = [
+            RegionSpec(
+                size=r.size,
+                name=r.name,
+                is_64bit=self.options.regions.get(r.index, RegionOptions()).is_64bit,
+                prefetchable=self.options.regions.get(r.index, RegionOptions()).prefetchable,
+            )
+            for r in platform_regions
+        ]
+        self.plan: BarPlan = plan_bars(specs, page_size=self.options.page_size, irq_page=True)
+        irqs = list(backend.irqs())
+        self._irqs = irqs
+        acks = list(self.options.ack_registers)
+        if self.options.use_model_acks:
+            acks += list(backend.ack_registers)
+        self._acks_by_region: dict[int, list[AckRegister]] = {}
+        for ack in acks:
+            if ack.irq >= len(irqs):
+                raise ValueError(f"acknowledge register for IRQ {ack.irq}: the device has {len(irqs)} IRQs")
+            self._acks_by_region.setdefault(ack.region, []).append(ack)
+        acked = {ack.irq for ack in acks}
+        self.engine = IrqEngine([LineSpec(automasked=i.automasked, has_ack=i.index in acked) for i in irqs])
+        msix_vectors = len(irqs) if self.options.irq_mode == "msix" and irqs else 0
+        self.msix = MsixTable(msix_vectors) if msix_vectors else None
+        self.config = ConfigSpace(self.options.ids, self.plan, msix_vectors=msix_vectors, interrupt_pin=1)
+        irq_bar = self.plan.irq_bar
+        assert irq_bar is not None
+        self._irq_bar_index = irq_bar.index
+        self.irq_page = IrqPage(self.engine, self.msix)
+        # Per BAR: the platform region behind it (None: the IRQ page).
+        self._bar_region: dict[int, int | None] = {}
+        for bar in self.plan.bars:
+            self._bar_region[bar.index] = None if bar.region is None else platform_regions[bar.region].index
+        self._region_sizes = list(self.plan.region_sizes()) + [0, CONFIG_SPACE_SIZE, 0]
+        # Line trigger eventfds (bridge <-> backend), created once, kept across clients.
+        self._line_fds: list[int] = []
+        self._client: ClientContext | None = None
+        self._loop_registered = False
+        # Client-side fds.
+        self._intx_trigger: int | None = None
+        self._intx_resample: int | None = None
+        self._err_trigger: int | None = None
+        self._vector_fds: dict[int, int] = {}
+        self.tracer = None
+
+    # ------------------------------------------------------------ observability
+    def trace(self, event: str, **fields: object) -> None:
+        if self.tracer is not None:
+            self.tracer.event(event, **fields)
+
+    def _bump(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ------------------------------------------------------------ client lifecycle
+    def client_attached(self, context: ClientContext) -> None:
+        self._client = context
+        self.tracer = context.tracer
+        if not self._line_fds:
+            for irq in self._irqs:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self._line_fds.append(fd)
+                self.backend.set_irq_trigger(irq.index, fd)
+        for line, fd in enumerate(self._line_fds):
+            context.loop.add_reader(fd, lambda line=line, fd=fd: self._on_line(line, fd))
+        self.backend.attach(DeviceContext(BusMasterGate(context.dma, self.config, self), context.loop))
+        self.engine_sync_intx_disable()
+
+    def client_lost(self) -> None:
+        self.backend.attach(None)
+        if self._client is not None:
+            for fd in self._line_fds:
+                self._client.loop.remove_reader(fd)
+        self._drop_client_fds()
+        self._apply(self.engine.reset())
+        for irq in self._irqs:
+            if irq.automasked:
+                self.backend.mask_irq(irq.index)
+        self._update_intx_status()
+        self._client = None
+        self.trace("irq-reset", reason="client lost")
+
+    def _drop_client_fds(self) -> None:
+        for fd in [self._intx_trigger, self._intx_resample, self._err_trigger, *self._vector_fds.values()]:
+            if fd is not None:
+                _close(fd)
+        if self._intx_resample is not None and self._client is not None:
+            self._client.loop.remove_reader(self._intx_resample)
+        self._intx_trigger = self._intx_resample = self._err_trigger = None
+        self._vector_fds.clear()
+
+    def close(self) -> None:
+        """Server shutdown: release the line eventfds and the backend."""
+        for irq in self._irqs:
+            self.backend.set_irq_trigger(irq.index, None)
+        for fd in self._line_fds:
+            _close(fd)
+        self._line_fds.clear()
+        self.backend.close()
+
+    def engine_sync_intx_disable(self) -> None:
+        self._apply(self.engine.set_intx_disable(self.config.intx_disabled))
+
+    # ------------------------------------------------------------ info
+    def device_info(self) -> tuple[int, int, int]:
+        return vfio_abi.DEVICE_FLAGS_PCI | vfio_abi.DEVICE_FLAGS_RESET, _NUM_REGIONS, _NUM_IRQS
+
+    def region_size(self, index: int) -> int:
+        return self._region_sizes[index]
+
+    def region_info(self, index: int) -> tuple[m.RegionInfo, int | None]:
+        size = self._region_sizes[index]
+        if size == 0:
+            return m.RegionInfo(0, 0, index, 0, 0, 0), None
+        if index == _CONFIG:
+            return m.RegionInfo(0, _RW, index, 0, size, 0), None
+        platform_index = self._bar_region.get(index)
+        if platform_index is None:  # the IRQ page: always trapped
+            return m.RegionInfo(0, _RW, index, 0, size, 0), None
+        region = self._platform_regions[platform_index]
+        if not self._mmapped(platform_index):
+            return m.RegionInfo(0, _RW, index, 0, size, 0), None
+        areas = region.sparse_areas or ((0, region.size),)
+        caps = (m.SparseMmapCap(tuple(areas)),)
+        info = m.RegionInfo(0, _RW | vfio_abi.REGION_FLAG_MMAP, index, 0, size, region.mmap_offset, caps)
+        return info, region.mmap_fd
+
+    def _mmapped(self, platform_index: int) -> bool:
+        region = self._platform_regions[platform_index]
+        policy = self.options.regions.get(platform_index, RegionOptions()).mmap
+        if policy == "never" or not region.mmappable:
+            return False
+        if policy == "always":
+            return True
+        return platform_index not in self.backend.irq_regions and region.size % self.plan.page_size == 0
+
+    def irq_info(self, index: int) -> tuple[int, int]:
+        eventfd = vfio_abi.IRQ_INFO_EVENTFD
+        if index == _INTX:
+            return eventfd | vfio_abi.IRQ_INFO_MASKABLE | vfio_abi.IRQ_INFO_AUTOMASKED, 1
+        if index == _MSIX:
+            return eventfd | vfio_abi.IRQ_INFO_NORESIZE, (self.msix.vectors if self.msix else 0)
+        if index == _ERR:
+            return eventfd, 1
+        return eventfd, 0  # MSI, REQ
+
+    # ------------------------------------------------------------ region access
+    def region_read(self, index: int, offset: int, count: int) -> bytes:
+        if index == _CONFIG:
+            return self.config.read(offset, count)
+        data = self._bar_read(index, offset, count)
+        self._apply(self.engine.trapped_access())
+        return data
+
+    def _bar_read(self, index: int, offset: int, count: int) -> bytes:
+        if index == self._irq_bar_index:
+            return self.irq_page.read(offset, count) if offset < 0x1000 else bytes(count)
+        span = self.plan.locate(index, offset, count)
+        if span is SLACK:
+            return bytes(count)
+        data = self.backend.read(span.region if span.region is not None else 0, span.offset, span.length)
+        return data if span.length == count else data + bytes(count - span.length)
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index == _CONFIG:
+            self._config_write(offset, data)
+            return
+        if index == self._irq_bar_index:
+            if offset < 0x1000:
+                for vector in self.irq_page.write(offset, data):
+                    self._apply(self.engine.msix_vector_mask(vector, self.msix.masked(vector)))  # type: ignore[union-attr]
+        else:
+            span = self.plan.locate(index, offset, len(data))
+            if span is not SLACK:
+                platform_index = self._bar_region[index]
+                assert platform_index is not None
+                self.backend.write(platform_index, span.offset, data[: span.length])
+                self._check_acks(platform_index, span.offset, data[: span.length])
+        self._apply(self.engine.trapped_access())
+
+    def _check_acks(self, region: int, offset: int, data: bytes) -> None:
+        acks = self._acks_by_region.get(region)
+        if not acks:
+            return
+        end = offset + len(data)
+        for ack in acks:
+            if offset <= ack.offset < end:
+                value = int.from_bytes(data[ack.offset - offset : ack.offset - offset + 4], "little")
+                if value & ack.mask:
+                    self._apply(self.engine.ack(ack.irq))
+
+    def _config_write(self, offset: int, data: bytes) -> None:
+        effects: ConfigWriteEffects = self.config.write(offset, data)
+        if not effects.any_changed:
+            return
+        if effects.intx_disable_changed:
+            self.trace("intx-disable", value=self.config.intx_disabled)
+            self._apply(self.engine.set_intx_disable(self.config.intx_disabled))
+        if effects.bus_master_changed:
+            self.trace("bus-master", value=self.config.bus_master)
+        if effects.msix_mask_changed:
+            self._apply(self.engine.msix_function_mask(self.config.msix_function_masked))
+
+    # ------------------------------------------------------------ interrupts
+    def _on_line(self, line: int, fd: int) -> None:
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return
+        self._bump("line-fires")
+        self.trace("irq-fire", line=line)
+        self._apply(self.engine.fire(line))
+
+    def _on_resample(self) -> None:
+        fd = self._intx_resample
+        if fd is None:
+            return
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return
+        self._bump("resample-eois")
+        self.trace("intx-eoi", source="resamplefd")
+        self._apply(self.engine.client_unmask())
+
+    def _apply(self, actions: tuple) -> None:
+        if not actions:
+            return
+        for action in actions:
+            if isinstance(action, Signal):
+                self._signal(action.target)
+            elif isinstance(action, UnmaskLine):
+                self.trace("irq-unmask", line=action.line)
+                self.backend.unmask_irq(action.line)
+        self._update_intx_status()
+
+    def _update_intx_status(self) -> None:
+        self.config.set_intx_status(self.engine.intx_asserted)
+
+    def _signal(self, target: object) -> None:
+        fd = self._intx_trigger if target == "intx" else self._vector_fds.get(target)  # type: ignore[arg-type]
+        self.trace("irq-signal", target=target, active=self.engine.active)
+        if fd is None:
+            self._bump("signals-without-fd")
+            return
+        self._bump("signals")
+        os.write(fd, _EVENTFD_ONE)
+
+    def set_irqs(self, request: m.IrqSet, fds: list[int]) -> None:
+        try:
+            self._set_irqs(request, fds)
+        finally:
+            for fd in fds:
+                _close(fd)
+            fds.clear()
+
+    def _set_irqs(self, request: m.IrqSet, fds: list[int]) -> None:
+        action, data_type = request.action, request.data_type
+        index, start, count = request.index, request.start, request.count
+        selected = _selected(request)
+        self.trace("set-irqs", index=index, flags=request.flags, start=start, count=count, fds=len(fds))
+        if action == vfio_abi.IRQ_SET_ACTION_TRIGGER:
+            if data_type == vfio_abi.IRQ_SET_DATA_NONE and count == 0:
+                self._disable_index(index)
+            elif data_type == vfio_abi.IRQ_SET_DATA_EVENTFD:
+                self._set_triggers(index, start, count, fds)
+            else:
+                self._loopback(index, selected)
+            return
+        if index == _INTX and selected:
+            if action == vfio_abi.IRQ_SET_ACTION_MASK:
+                self._apply(self.engine.client_mask())
+            elif data_type == vfio_abi.IRQ_SET_DATA_EVENTFD:
+                self._set_resample(fds.pop() if fds else None)
+            else:
+                self.trace("intx-eoi", source="unmask message")
+                self._apply(self.engine.client_unmask())
+        elif index == _MSIX:
+            for vector in selected:
+                masked = action == vfio_abi.IRQ_SET_ACTION_MASK
+                self._apply(self.engine.msix_vector_mask(vector, masked))
+        # MASK/UNMASK of ERR/REQ are refused by validation; of MSI there are no vectors.
+
+    def _disable_index(self, index: int) -> None:
+        if index == _INTX:
+            self._set_resample(None)
+            if self._intx_trigger is not None:
+                _close(self._intx_trigger)
+                self._intx_trigger = None
+            self._apply(self.engine.intx_enable(False))
+        elif index == _MSIX:
+            for fd in self._vector_fds.values():
+                _close(fd)
+            self._vector_fds.clear()
+            self._apply(self.engine.msix_enable(False))
+        elif index == _ERR and self._err_trigger is not None:
+            _close(self._err_trigger)
+            self._err_trigger = None
+
+    def _set_triggers(self, index: int, start: int, count: int, fds: list[int]) -> None:
+        new = list(fds) if fds else [None] * count
+        fds.clear()
+        if index == _INTX:
+            if self._intx_trigger is not None:
+                _close(self._intx_trigger)
+            self._intx_trigger = new[0]
+            self._apply(self.engine.intx_enable(new[0] is not None))
+        elif index == _MSIX:
+            if self.msix is None:
+                raise BackendError(errno.EINVAL, "MSI-X is not offered (irq_mode is intx)")
+            if self.engine.route.name != "MSIX":
+                self._apply(self.engine.msix_enable(True))
+            for vector, fd in enumerate(new, start):
+                old = self._vector_fds.pop(vector, None)
+                if old is not None:
+                    _close(old)
+                if fd is not None:
+                    self._vector_fds[vector] = fd
+                self._apply(self.engine.vector_fd(vector, fd is not None))
+        elif index == _ERR:
+            if self._err_trigger is not None:
+                _close(self._err_trigger)
+            self._err_trigger = new[0]
+        else:
+            for fd in new:
+                if fd is not None:
+                    _close(fd)
+
+    def _set_resample(self, fd: int | None) -> None:
+        if self._intx_resample is not None:
+            if self._client is not None:
+                self._client.loop.remove_reader(self._intx_resample)
+            _close(self._intx_resample)
+        self._intx_resample = fd
+        if fd is not None and self._client is not None:
+            self._client.loop.add_reader(fd, self._on_resample)
+
+    def _loopback(self, index: int, selected: list[int]) -> None:
+        """TRIGGER with DATA_NONE/BOOL: software-trigger the eventfds (as the kernel does)."""
+        for sub in selected:
+            if index == _INTX and self._intx_trigger is not None:
+                os.write(self._intx_trigger, _EVENTFD_ONE)
+            elif index == _MSIX and sub in self._vector_fds:
+                os.write(self._vector_fds[sub], _EVENTFD_ONE)
+            elif index == _ERR and self._err_trigger is not None:
+                os.write(self._err_trigger, _EVENTFD_ONE)
+
+    # ------------------------------------------------------------ reset
+    def reset(self) -> None:
+        self.backend.reset()
+        self.config.reset()
+        if self.msix is not None:
+            self.msix.reset()
+        for fd in self._vector_fds.values():
+            _close(fd)
+        self._vector_fds.clear()
+        self._apply(self.engine.reset())
+        if self._intx_trigger is not None:
+            self._apply(self.engine.intx_enable(True))
+        self._update_intx_status()
+        self.trace("device-reset")
+
+
+def _selected(request: m.IrqSet) -> list[int]:
+    """Sub-indexes a MASK/UNMASK/TRIGGER applies to (DATA_BOOL picks some)."""
+    indexes = range(request.start, request.start + request.count)
+    if request.data_type == vfio_abi.IRQ_SET_DATA_BOOL:
+        return [i for i, flag in zip(indexes, request.data) if flag]
+    return list(indexes)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

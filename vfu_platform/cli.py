@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The `vfu-platform` command line.
+
+Every bad argument gets one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from vfu_platform.backends.base import DeviceBackend
+from vfu_platform.bridge.bar_plan import BarPlanError
+from vfu_platform.bridge.config_space import PciIds
+from vfu_platform.bridge.device import BridgeOptions, PciBridge, RegionOptions
+from vfu_platform.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+
+#: PCI identities of the built-in models (edu's are QEMU's own edu device).
+MODEL_IDS = {
+    "edu": PciIds(vendor=0x1234, device=0x11E8, class_code=0x00FF00),
+    "gpio": PciIds(vendor=0x1234, device=0x5650, class_code=0x088000),
+}
+
+
+class UsageError(Exception):
+    """A bad argument or configuration; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vfu-platform", description="vfio-user server for platform devices")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="serve a device on a vfio-user socket")
+    serve.add_argument("--socket", required=True, help="unix socket path to listen on")
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--device", help="simulated device model: edu (default), gpio, or package.module:Class")
+    source.add_argument("--host", help="host device bound to vfio-platform/vfio-amba/vfio-pci (sysfs name)")
+    source.add_argument("--sysfsdev", help="host device by sysfs path")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                       help="device model option (repeatable)")
+    serve.add_argument("--irq-mode", choices=["intx", "msix"], help="how platform IRQs reach the client")
+    serve.add_argument("--trace", metavar="FILE", help="write one JSON line per message and IRQ transition")
+    serve.add_argument("--unsafe-noiommu-dma", action="store_true",
+                       help="host devices in no-IOMMU mode: allow DMA maps (the device can reach any memory)")
+    serve.add_argument("-v", "--verbose", action="count", default=0, help="log a readable summary (-vv: every message)")
+
+    inspect = commands.add_parser("inspect", help="describe a host VFIO device and its bridge plan")
+    inspect.add_argument("name", help="sysfs device name or path")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    commands.add_parser("models", help="list the built-in simulated device models")
+    return parser
+
+
+def _model_options(pairs: Sequence[str], base: dict[str, object]) -> dict[str, object]:
+    options = dict(base)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --option {pair!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def make_backend(args: argparse.Namespace, config: Config) -> tuple[DeviceBackend, str]:
+    host = args.host or config.device.host
+    sysfsdev = args.sysfsdev or config.device.sysfsdev
+    if host or sysfsdev:
+        from vfu_platform.backends.vfio import open_host_device  # imported only for host devices
+
+        return open_host_device(host=host, sysfsdev=sysfsdev, allow_unsafe_noiommu_dma=args.unsafe_noiommu_dma), "host"
+    from vfu_platform.backends.sim.registry import create_model
+
+    model = args.device or config.device.model or "edu"
+    try:
+        return create_model(model, _model_options(args.option, config.device.options)), model
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def bridge_options(args: argparse.Namespace, config: Config, model: str) -> BridgeOptions:
+    section = config.bridge
+    base = MODEL_IDS.get(model, PciIds())
+    ids = PciIds(
+        vendor=base.vendor if section.vendor_id is None else section.vendor_id,
+        device=base.device if section.device_id is None else section.device_id,
+        subsystem_vendor=base.subsystem_vendor if section.subsystem_vendor_id is None else section.subsystem_vendor_id,
+        subsystem_id=base.subsystem_id if section.subsystem_id is None else section.subsystem_id,
+        class_code=base.class_code if section.class_code is None else section.class_code,
+        revision=base.revision if section.revision is None else section.revision,
+    )
+    from vfu_platform.backends.base import AckRegister
+
+    return BridgeOptions(
+        ids=ids,
+        irq_mode=args.irq_mode or section.irq_mode or "intx",
+        page_size=section.page_size,
+        regions={r.index: RegionOptions(r.mmap, r.bits64, r.prefetchable) for r in section.region},
+        ack_registers=tuple(AckRegister(a.irq, a.region, a.offset, a.mask) for a in section.ack),
+        use_model_acks=section.use_model_acks,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from vfu_platform.server.listener import Server, SocketPathError, check_socket_path
+    from vfu_platform.server.session import SessionOptions
+    from vfu_platform.trace import Tracer
+
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="vfu-platform: %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_config(args.config) if args.config else Config()
+    try:
+        check_socket_path(args.socket)
+    except SocketPathError as exc:
+        raise UsageError(str(exc)) from None
+    backend, model = make_backend(args, config)
+    try:
+        bridge = PciBridge(backend, bridge_options(args, config, model))
+    except (BarPlanError, ValueError) as exc:
+        backend.close()
+        raise UsageError(str(exc)) from None
+    tracer = Tracer.open(args.trace) if args.trace else None
+    options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
+                             write_multiple=config.server.write_multiple)
+    server = Server(args.socket, bridge, options, tracer)
+    try:
+        server.listen()
+    except SocketPathError as exc:
+        bridge.close()
+        raise UsageError(str(exc)) from None
+    server.install_signal_handlers()
+    print(f"vfu-platform: serving {model} on {args.socket}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+        bridge.close()
+        if tracer:
+            tracer.close()
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from vfu_platform.backends.vfio.report import print_inspect
+
+    return print_inspect(args.name, as_json=args.json)
+
+
+def list_models(_args: argparse.Namespace) -> int:
+    from vfu_platform.backends.sim.registry import known_models
+
+    for name in known_models():
+        print(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": serve, "inspect": inspect, "models": list_models}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, ConfigError) as exc:
+        print(f"vfu-platform: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a host-device error raised with a one-line message
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if getattr(exc, "one_line", False):
+            print(f"vfu-platform: error: {message}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The TOML configuration file (decoded and validated by msgspec).
+
+Example:
+
+    [device]
+    model = "gpio"
+    options = { lines = 4 }
+
+    [bridge]
+    vendor_id = 0x1234
+    device_id = 0x5650
+    irq_mode = "msix"          # or "intx" (default)
+
+    [[bridge.region]]
+    index = 1
+    mmap = "never"             # "auto" (default), "never", "always"
+
+    [[bridge.ack]]             # an exact-EOI acknowledge register
+    irq = 0
+    region = 0
+    offset = 0x104
+    mask = 1
+
+    [server]
+    max_data_xfer_size = 1048576
+
+Unknown keys are errors, so a typo never passes silently.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+
+
+class DeviceSection(msgspec.Struct, forbid_unknown_fields=True):
+    model: str | None = None
+    host: str | None = None
+    sysfsdev: str | None = None
+    options: dict[str, Any] = {}
+
+
+class RegionSection(msgspec.Struct, forbid_unknown_fields=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    mmap: Literal["auto", "never", "always"] = "auto"
+    bits64: bool = False
+    prefetchable: bool = False
+
+
+class AckSection(msgspec.Struct, forbid_unknown_fields=True):
+    irq: Annotated[int, msgspec.Meta(ge=0)]
+    region: Annotated[int, msgspec.Meta(ge=0)]
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    mask: U32 = 0xFFFFFFFF
+
+
+class BridgeSection(msgspec.Struct, forbid_unknown_fields=True):
+    vendor_id: U16 | None = None
+    device_id: U16 | None = None
+    subsystem_vendor_id: U16 | None = None
+    subsystem_id: U16 | None = None
+    class_code: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFF)] | None = None
+    revision: Annotated[int, msgspec.Meta(ge=0, le=0xFF)] | None = None
+    irq_mode: Literal["intx", "msix"] | None = None
+    page_size: Annotated[int, msgspec.Meta(ge=4096)] | None = None
+    use_model_acks: bool = True
+    region: list[RegionSection] = []
+    ack: list[AckSection] = []
+
+
+class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
+    max_data_xfer_size: Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)] = 1 << 20
+    write_multiple: bool = True
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    device: DeviceSection = msgspec.field(default_factory=DeviceSection)
+    bridge: BridgeSection = msgspec.field(default_factory=BridgeSection)
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message is one line."""
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {str(exc).splitlines()[0]}") from None

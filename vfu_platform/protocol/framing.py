@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Message framing over a byte stream, sans I/O.
+
+The transport receives straight into `ReceiveBuffer.writable()` (no copy) and
+reports what arrived with `commit()`; `next_message()` then hands out whole
+messages as memoryviews into the buffer.
+
+File descriptors: the sender attaches fds to the sendmsg() that carries a
+message's header, and Linux stops a stream recvmsg() right after the chunk that
+carried fds.  So fds that arrive with a read belong to the *last* message that
+starts inside that read (or, if none starts there, to the message in progress).
+Positions are tracked as absolute stream offsets so compaction cannot confuse them.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from vfu_platform.protocol.constants import HEADER_SIZE
+from vfu_platform.protocol.errors import FramingError
+from vfu_platform.protocol.header import HEADER, Header
+
+_COMPACT_BELOW = 4096
+
+
+class Frame(NamedTuple):
+    header: Header
+    body: memoryview | None  # None: the message was too large and its body was discarded
+    fds: list[int]
+
+
+class ReceiveBuffer:
+    def __init__(self, max_message_size: int) -> None:
+        self.max_message_size = max_message_size
+        self._buf = bytearray(max_message_size + _COMPACT_BELOW)
+        self._start = 0  # buffer index of the first unconsumed byte
+        self._end = 0  # buffer index one past the last received byte
+        self._base = 0  # absolute stream offset of buffer index 0
+        self._scan = 0  # absolute offset of the next message start not yet located
+        self._fds: dict[int, list[int]] = {}  # absolute message start -> fds
+        self._discard = 0  # bytes of an oversized body still to drop
+        # Messages handed out and not yet released.  Nested event-loop runs (a DMA
+        # wait) can hand out more while an outer one is still in use.
+        self._borrowed = 0
+
+    # ------------------------------------------------------------ receiving side
+    def writable(self) -> memoryview:
+        """Free space to receive into; compacts (or, if a message is borrowed, swaps) the buffer."""
+        if self._start == self._end and not self._borrowed:
+            self._base += self._start
+            self._start = self._end = 0
+        elif len(self._buf) - self._end < _COMPACT_BELOW:
+            self._compact()
+        return memoryview(self._buf)[self._end :]
+
+    def _compact(self) -> None:
+        pending = self._end - self._start
+        if self._borrowed:
+            # A handed-out message still views the old bytes: never overwrite them.
+            fresh = bytearray(len(self._buf))
+            fresh[:pending] = self._buf[self._start : self._end]
+            self._buf = fresh
+        else:
+            self._buf[:pending] = self._buf[self._start : self._end]
+        self._base += self._start
+        self._start, self._end = 0, pending
+
+    def commit(self, nbytes: int, fds: list[int] | tuple[int, ...] = ()) -> None:
+        chunk_start = self._base + self._end
+        self._end += nbytes
+        if fds:
+            owner = self._last_start_from(chunk_start)
+            self._fds.setdefault(owner, []).extend(fds)
+
+    def _last_start_from(self, chunk_start: int) -> int:
+        """Locate message starts up to the received end; return the one owning fds of this chunk."""
+        end = self._base + self._end
+        last = None
+        pos = self._scan
+        owner_in_progress = pos
+        while pos < end:
+            owner_in_progress = pos
+            if pos >= chunk_start:
+                last = pos
+            index = pos - self._base
+            if index + HEADER_SIZE > self._end or index < 0:
+                break
+            size = HEADER.unpack_from(self._buf, index)[2]
+            if size < HEADER_SIZE:
+                break  # next_message() reports the framing error
+            pos += size
+        self._scan = pos if pos >= end else owner_in_progress
+        if last is not None:
+            return last
+        # No message starts in this chunk: the fds came with the body of the one in progress.
+        return owner_in_progress if owner_in_progress < end else chunk_start
+
+    # ------------------------------------------------------------ consuming side
+    def next_message(self) -> Frame | None:
+        """The next whole message, or None until more bytes arrive.
+
+        A returned body stays valid until `release()`; call it once per message.
+        """
+        if self._discard:
+            dropped = min(self._discard, self._end - self._start)
+            self._start += dropped
+            self._discard -= dropped
+            if self._discard:
+                return None
+        if self._end - self._start < HEADER_SIZE:
+            return None
+        header = Header._make(HEADER.unpack_from(self._buf, self._start))
+        if header.size < HEADER_SIZE:
+            raise FramingError(f"message size {header.size} is smaller than a header")
+        msg_start = self._base + self._start
+        if header.size > self.max_message_size:
+            # Drop the body as it arrives and let the caller answer EINVAL.
+            self._start += HEADER_SIZE
+            self._discard = header.size - HEADER_SIZE
+            self._advance_scan(msg_start, header.size)
+            return Frame(header, None, self._fds.pop(msg_start, []))
+        if self._end - self._start < header.size:
+            return None
+        body = memoryview(self._buf)[self._start + HEADER_SIZE : self._start + header.size]
+        self._start += header.size
+        self._advance_scan(msg_start, header.size)
+        self._borrowed += 1
+        return Frame(header, body, self._fds.pop(msg_start, []))
+
+    def _advance_scan(self, msg_start: int, size: int) -> None:
+        if self._scan <= msg_start:
+            self._scan = msg_start + size
+
+    def release(self) -> None:
+        """One message handed out is no longer referenced."""
+        if self._borrowed:
+            self._borrowed -= 1
+
+    def close_fds(self) -> None:
+        """Close fds received for messages that will never be handled."""
+        for fds in self._fds.values():
+            for fd in fds:
+                os.close(fd)
+        self._fds.clear()
+
+    @property
+    def buffered(self) -> int:
+        return self._end - self._start

@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Structured trace: one JSON line per protocol message and per IRQ transition.
+
+Written with msgspec so that tracing a busy session stays cheap.  Each record
+has a monotonic timestamp `t` (seconds since the trace started) and a `kind`.
+"""
+from __future__ import annotations
+
+import time
+from typing import IO, Any
+
+import msgspec
+
+from vfu_platform.protocol.constants import COMMAND_NAMES
+from vfu_platform.protocol.header import Header
+
+
+class MessageRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="msg"):
+    t: float
+    dir: str  # "in" (from the client) or "out"
+    cmd: str
+    id: int
+    size: int
+    type: str  # "command" | "reply"
+    no_reply: bool = False
+    fds: int = 0
+    errno: int = 0
+    note: str = ""
+
+
+class EventRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="event"):
+    t: float
+    event: str
+    fields: dict[str, Any] = {}
+
+
+TraceRecord = MessageRecord | EventRecord
+
+
+class Tracer:
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._encoder = msgspec.json.Encoder()
+        self._t0 = time.monotonic()
+
+    @classmethod
+    def open(cls, path: str) -> "Tracer":
+        return cls(open(path, "ab", buffering=1 << 16))
+
+    def _write(self, record: TraceRecord) -> None:
+        self._stream.write(self._encoder.encode(record) + b"\n")
+
+    def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "") -> None:
+        self._write(
+            MessageRecord(
+                t=round(time.monotonic() - self._t0, 6),
+                dir=direction,
+                cmd=COMMAND_NAMES.get(header.command, str(header.command)),
+                id=header.msg_id,
+                size=header.size,
+                type="reply" if header.is_reply or error else "command",
+                no_reply=header.no_reply,
+                fds=nfds,
+                errno=error,
+                note=note,
+            )
+        )
+
+    def event(self, event: str, **fields: Any) -> None:
+        self._write(EventRecord(t=round(time.monotonic() - self._t0, 6), event=event, fields=fields))
+        self.flush()
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def read_trace(path: str) -> list[TraceRecord]:
+    decoder = msgspec.json.Decoder(TraceRecord)
+    with open(path, "rb") as stream:
+        return [decoder.decode(line) for line in stream if line.strip()]
