@@ -132,7 +132,11 @@ def serve(args: argparse.Namespace) -> int:
     except (BarPlanError, ValueError) as exc:
         backend.close()
         raise UsageError(str(exc)) from None
-    tracer = Tracer.open(args.trace) if args.trace else None
+    try:
+        tracer = Tracer.open(args.trace) if args.trace else None
+    except OSError as exc:
+        bridge.close()
+        raise UsageError(f"cannot open trace file {args.trace}: {exc.strerror}") from None
     options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
                              write_multiple=config.server.write_multiple)
     server = Server(args.socket, bridge, options, tracer)

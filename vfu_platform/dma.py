@@ -134,6 +134,10 @@ class DmaMapTable:
         self._windows.insert(index, window)
         for hook in self.on_map:
             hook(window)
+        if window.mapping is not None and window.fd is not None:
+            # mmap() keeps its own duplicate of the fd: hold one fd per window, not two.
+            os.close(window.fd)
+            window.fd = None
         return True
 
     def unmap(self, iova: int, size: int) -> DmaWindow:

@@ -31,8 +31,8 @@ from vfu_platform.backends.base import (
 from vfu_platform.bridge.bar_plan import SLACK, BarPlan, RegionSpec, plan_bars
 from vfu_platform.bridge.config_space import CONFIG_SPACE_SIZE, ConfigSpace, ConfigWriteEffects, PciIds
 from vfu_platform.bridge.irq_page import IrqPage
-from vfu_platform.bridge.msix import MsixTable
-from vfu_platform.irq import IrqEngine, LineSpec, Signal, UnmaskLine
+from vfu_platform.bridge.msix import ENTRY_SIZE, MsixTable
+from vfu_platform.irq import IrqEngine, LineSpec, Route, Signal, UnmaskLine
 from vfu_platform.protocol import messages as m
 from vfu_platform.server.device_api import ClientContext
 
@@ -50,6 +50,7 @@ _MSIX = vfio_abi.PCI_MSIX_IRQ_INDEX
 _ERR = vfio_abi.PCI_ERR_IRQ_INDEX
 _RW = vfio_abi.REGION_FLAG_READ | vfio_abi.REGION_FLAG_WRITE
 _EVENTFD_ONE = (1).to_bytes(8, "little")
+_VECTOR_CONTROL = 12  # offset of the vector control word (mask bit 0) in an MSI-X table entry
 
 
 @dataclass(slots=True)
@@ -187,11 +188,14 @@ class PciBridge:
         self.trace("irq-reset", reason="client lost")
 
     def _drop_client_fds(self) -> None:
+        # Stop watching the resamplefd before closing it: epoll watches the open file,
+        # which lives on in the client (KVM) after our close, and an unregister by a
+        # closed fd number fails, leaving a stale registration the loop spins on.
+        if self._intx_resample is not None and self._client is not None:
+            self._client.loop.remove_reader(self._intx_resample)
         for fd in [self._intx_trigger, self._intx_resample, self._err_trigger, *self._vector_fds.values()]:
             if fd is not None:
                 _close(fd)
-        if self._intx_resample is not None and self._client is not None:
-            self._client.loop.remove_reader(self._intx_resample)
         self._intx_trigger = self._intx_resample = self._err_trigger = None
         self._vector_fds.clear()
 
@@ -272,9 +276,16 @@ class PciBridge:
             self._config_write(offset, data)
             return
         if index == self._irq_bar_index:
-            if offset < 0x1000:
-                for vector in self.irq_page.write(offset, data):
-                    self._apply(self.engine.msix_vector_mask(vector, self.msix.masked(vector)))  # type: ignore[union-attr]
+            if offset < 0x1000 and self.msix is not None:
+                self.irq_page.write(offset, data)
+                # Hand the engine every mask bit this write touched, changed or not: the
+                # table powers on masked while the engine starts unmasked (QEMU emulates
+                # the table itself and never writes it), so a driver's first "mask" write
+                # changes no bit here, yet it must hold delivery.
+                end = offset + len(data)
+                for vector in range(self.msix.vectors):
+                    if offset <= vector * ENTRY_SIZE + _VECTOR_CONTROL < end:
+                        self._apply(self.engine.msix_vector_mask(vector, self.msix.masked(vector)))
         else:
             span = self.plan.locate(index, offset, len(data))
             if span is not SLACK:
@@ -330,18 +341,23 @@ class PciBridge:
         self._apply(self.engine.client_unmask())
 
     def _apply(self, actions: tuple) -> None:
-        if not actions:
-            return
         for action in actions:
             if isinstance(action, Signal):
                 self._signal(action.target)
             elif isinstance(action, UnmaskLine):
                 self.trace("irq-unmask", line=action.line)
                 self.backend.unmask_irq(action.line)
+        # Also without actions: an index disable or an edge line's EOI changes the
+        # engine's state without telling the bridge to do anything.
         self._update_intx_status()
 
     def _update_intx_status(self) -> None:
-        self.config.set_intx_status(self.engine.intx_asserted)
+        # STATUS.INTERRUPT is the function's interrupt state: set while a platform IRQ is
+        # ACTIVE on the INTx route, whether or not delivery is held (INTX_DISABLE, client
+        # MASK).  PCI: setting Interrupt Disable has no effect on this bit; QEMU's
+        # pci_irq_handler likewise updates it before looking at pci_irq_disabled().
+        engine = self.engine
+        self.config.set_intx_status(engine.route is Route.INTX and engine.active is not None)
 
     def _signal(self, target: object) -> None:
         fd = self._intx_trigger if target == "intx" else self._vector_fds.get(target)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ class ReceiveBuffer:
         self._end = 0  # buffer index one past the last received byte
         self._base = 0  # absolute stream offset of buffer index 0
         self._scan = 0  # absolute offset of the next message start not yet located
+        self._located = 0  # absolute offset of the last message start located (the one ending at _scan)
         self._fds: dict[int, list[int]] = {}  # absolute message start -> fds
         self._discard = 0  # bytes of an oversized body still to drop
         # Messages handed out and not yet released.  Nested event-loop runs (a DMA
@@ -70,6 +71,12 @@ class ReceiveBuffer:
         self._end += nbytes
         if fds:
             owner = self._last_start_from(chunk_start)
+            if owner < self._base + self._start:
+                # The rest of a message already handed out (an oversized one being
+                # discarded): nobody will ever take these fds.
+                for fd in fds:
+                    os.close(fd)
+                return
             self._fds.setdefault(owner, []).extend(fds)
 
     def _last_start_from(self, chunk_start: int) -> int:
@@ -77,7 +84,7 @@ class ReceiveBuffer:
         end = self._base + self._end
         last = None
         pos = self._scan
-        owner_in_progress = pos
+        owner_in_progress = self._located
         while pos < end:
             owner_in_progress = pos
             if pos >= chunk_start:
@@ -89,11 +96,14 @@ class ReceiveBuffer:
             if size < HEADER_SIZE:
                 break  # next_message() reports the framing error
             pos += size
-        self._scan = pos if pos >= end else owner_in_progress
+        if pos >= end:
+            self._scan, self._located = pos, owner_in_progress
+        else:
+            self._scan = owner_in_progress
         if last is not None:
             return last
         # No message starts in this chunk: the fds came with the body of the one in progress.
-        return owner_in_progress if owner_in_progress < end else chunk_start
+        return owner_in_progress
 
     # ------------------------------------------------------------ consuming side
     def next_message(self) -> Frame | None:
@@ -129,7 +139,7 @@ class ReceiveBuffer:
 
     def _advance_scan(self, msg_start: int, size: int) -> None:
         if self._scan <= msg_start:
-            self._scan = msg_start + size
+            self._scan, self._located = msg_start + size, msg_start
 
     def release(self) -> None:
         """One message handed out is no longer referenced."""

@@ -139,8 +139,17 @@ class Server:
                 log.error("cannot accept a client: %s", exc.strerror)
                 return
             raise
+        # Decide once the other events of this loop turn have run: a client that
+        # disconnected and reconnected at once has its EOF in the same turn, and the
+        # listener's fd sorts before the session's, so deciding now would refuse it.
+        self.loop.call_later(0, lambda: self._admit(conn))
+
+    def _admit(self, conn: socket.socket) -> None:
         if self.session is not None and not self.session.closed:
             log.warning("refusing a second client while one is being served")
+            conn.close()
+            return
+        if self._listener is None:  # shut down meanwhile
             conn.close()
             return
         conn.setblocking(True)

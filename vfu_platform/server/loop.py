@@ -67,8 +67,15 @@ class EventLoop:
             # Simultaneous events run in fd order: with fds created in line order
             # (IRQ triggers), lines that fired "at the same instant" queue in index order.
             events.sort(key=lambda event: event[0].fd)
+        registered = self._selector.get_map()
         for key, _mask in events:
-            key.data()
+            # An earlier callback of this turn may have removed this reader (a session
+            # closing drops its IRQ fds) or replaced it: run what is registered now.
+            # (If its fd number was reused meanwhile, the new reader sees a spurious
+            # wakeup: readers read non-blocking and must tolerate that.)
+            current = registered.get(key.fd)
+            if current is not None:
+                current.data()
         self._run_due_timers()
 
     def _run_due_timers(self) -> None:

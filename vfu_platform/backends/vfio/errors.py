@@ -54,6 +54,9 @@ class VfioHostError(BackendError):
     user to do, in order, so a test or a tool can apply exactly what was printed.
     """
 
+    #: the CLI prints such an error as its one line, without a traceback
+    one_line = True
+
     def __init__(
         self,
         problem: Problem,

@@ -30,7 +30,12 @@ class IommufdStatus:
     cdev: str | None  # /dev/vfio/devices/vfioN of this device, if the kernel made one
     bindings: bool  # this build's headers had the cdev + iommufd uAPI
     usable: bool
-    message: str  # one line, also what the fallback logs
+    reason: str  # why not, one clause
+
+    @property
+    def message(self) -> str:
+        """The line logged when the opener falls back."""
+        return f"iommufd unavailable: {self.reason}; using the legacy group/container API"
 
 
 def bindings_have_iommufd() -> bool:
@@ -42,7 +47,6 @@ def probe(device: SysfsDevice, dev: str = "/dev") -> IommufdStatus:
     cdev = device.vfio_cdev()
     cdev_path = f"{dev}/vfio/devices/{cdev}" if cdev and os.path.exists(f"{dev}/vfio/devices/{cdev}") else None
     bindings = bindings_have_iommufd()
-    fallback = "using the legacy group/container API"
     if not kernel:
         why = "this kernel has no /dev/iommu (CONFIG_IOMMUFD is off)"
     elif cdev_path is None:
@@ -62,5 +66,5 @@ def probe(device: SysfsDevice, dev: str = "/dev") -> IommufdStatus:
         cdev=cdev_path,
         bindings=bindings,
         usable=False,
-        message=f"iommufd unavailable: {why}; {fallback}",
+        reason=why,
     )

@@ -90,7 +90,7 @@ class SysfsDevice:
             return None
         return f"{dev}/vfio/noiommu-{group}" if self.group_is_noiommu() else f"{dev}/vfio/{group}"
 
-    def group_members(self) -> list["SysfsDevice"]:
+    def group_members(self) -> list[SysfsDevice]:
         group = self.iommu_group
         if group is None:
             return [self]
@@ -175,7 +175,8 @@ def find_device(host: str | None = None, sysfsdev: str | None = None, sysfs: str
                 break
         if device is None:
             close = difflib.get_close_matches(host, _all_names(sysfs), n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else "list them with `ls /sys/bus/{platform,amba,pci}/devices`"
+            hint = (f"did you mean {', '.join(close)}?" if close
+                    else "list them with `ls /sys/bus/{platform,amba,pci}/devices`")
             raise VfioHostError(
                 Problem.NO_DEVICE, f"no device named {host!r} on the platform, amba or pci bus: {hint}"
             )
@@ -188,6 +189,17 @@ def find_device(host: str | None = None, sysfsdev: str | None = None, sysfs: str
     return device
 
 
+NOIOMMU_PARAM = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
+
+
+def host_has_iommu(sysfs: str = "/sys") -> bool:
+    """Whether any IOMMU registered with the kernel (dmar0, an SMMU, virtio-iommu...)."""
+    try:
+        return bool(os.listdir(f"{sysfs}/class/iommu"))
+    except OSError:
+        return False
+
+
 def bind_fix(device: SysfsDevice) -> tuple[tuple[str, str], ...]:
     """The sysfs writes that rebind `device` to its vfio driver, in order."""
     writes = [(f"{device.bus_path}/driver_override", device.vfio_driver)]
@@ -197,27 +209,64 @@ def bind_fix(device: SysfsDevice) -> tuple[tuple[str, str], ...]:
     return tuple(writes)
 
 
-def _as_shell(writes: tuple[tuple[str, str], ...]) -> str:
-    return "; ".join(f"echo {value} > {path}" for path, value in writes)
+def setup_fix(device: SysfsDevice) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The shell line, and its sysfs writes, that get `device` onto its vfio driver from here.
+
+    Loads the vfio module when its driver is not registered, and turns on
+    no-IOMMU mode first when the machine has no IOMMU (else vfio refuses the
+    device: it would have no IOMMU group).  The line then ends with a warning,
+    because that mode gives up DMA isolation.
+    """
+    param = NOIOMMU_PARAM.replace("/sys", device.sysfs, 1)
+    needs_noiommu = device.iommu_group is None and not host_has_iommu(device.sysfs)
+    noiommu_on = (_read(param) or "").strip() == "Y"
+    module = device.vfio_driver + (" reset_required=0" if device.bus == "platform" else "")
+    commands: list[str] = []
+    writes: list[tuple[str, str]] = []
+    if not os.path.isdir(f"{device.sysfs}/bus/{device.bus}/drivers/{device.vfio_driver}"):
+        if needs_noiommu:
+            commands.append("modprobe vfio enable_unsafe_noiommu_mode=1")
+        commands.append(f"modprobe {module}")
+    elif needs_noiommu and not noiommu_on:
+        writes.append((param, "Y"))
+    writes += bind_fix(device)
+    commands += [f"echo {value} > {path}" for path, value in writes]
+    line = "; ".join(commands)
+    if needs_noiommu:
+        line += "` (this machine has no IOMMU: only vfio's unsafe no-IOMMU mode, without DMA isolation, works)"
+    else:
+        line += "`"
+    return line, tuple(writes)
 
 
 def require_vfio_driver(device: SysfsDevice) -> None:
     """Raise WRONG_DRIVER, with the exact rebinding commands, unless a vfio driver holds `device`."""
     if device.bound_to_vfio:
         return
-    fix = bind_fix(device)
     if device.driver:
         now, verb = f"is bound to {device.driver}, not {device.vfio_driver}", "rebind it"
     else:
         now, verb = f"is not bound to {device.vfio_driver} (no driver)", "bind it"
-    load = ""
-    if not os.path.isdir(f"{device.sysfs}/bus/{device.bus}/drivers/{device.vfio_driver}"):
-        module = device.vfio_driver + (" reset_required=0" if device.bus == "platform" else "")
-        load = f"modprobe {module}; "
+    line, writes = setup_fix(device)
+    raise VfioHostError(Problem.WRONG_DRIVER, f"{device.name} {now}: {verb} with `{line}", fix_writes=writes)
+
+
+def require_vfio_loaded(device: SysfsDevice, dev: str = "/dev") -> None:
+    """Raise NO_VFIO unless /dev/vfio/vfio exists; the fix also binds the device when it is not bound yet."""
+    node = f"{dev}/vfio/vfio"
+    if os.path.exists(node):
+        return
+    if device.bound_to_vfio:
+        raise VfioHostError(
+            Problem.NO_VFIO,
+            f"no {node} although {device.name} is bound to {device.driver}: this /dev is not devtmpfs "
+            "(a container?); bind-mount the host's /dev/vfio into it",
+        )
+    line, writes = setup_fix(device)
     raise VfioHostError(
-        Problem.WRONG_DRIVER,
-        f"{device.name} {now}: {verb} with `{load}{_as_shell(fix)}`",
-        fix_writes=fix,
+        Problem.NO_VFIO,
+        f"no {node}: the VFIO modules are not loaded; load them and bind {device.name} with `{line}",
+        fix_writes=writes,
     )
 
 

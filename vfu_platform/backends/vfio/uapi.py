@@ -24,7 +24,7 @@ FLAG_FAMILIES = {
 }
 
 
-def new(ctype: str, size: int | None = None) -> "KernelBuffer":
+def new(ctype: str, size: int | None = None) -> KernelBuffer:
     """A zeroed `ctype` with `argsz` set; `size` > sizeof leaves room for caps or data."""
     return KernelBuffer(ctype, size)
 
@@ -53,6 +53,12 @@ class KernelBuffer:
         """A `ctype *` at byte `offset` into the buffer (a capability or payload)."""
         if offset < 0 or offset + ffi.sizeof(ctype) > self.nbytes:
             raise ValueError(f"{ctype} at {offset} is outside a {self.nbytes}-byte buffer")
+        return ffi.cast(ctype + " *", self.raw + offset)
+
+    def array(self, ctype: str, offset: int, count: int) -> Any:
+        """A `ctype *` over `count` consecutive items at `offset` (a flexible-array payload)."""
+        if offset < 0 or offset + count * ffi.sizeof(ctype) > self.nbytes:
+            raise ValueError(f"{count} x {ctype} at {offset} is outside a {self.nbytes}-byte buffer")
         return ffi.cast(ctype + " *", self.raw + offset)
 
 

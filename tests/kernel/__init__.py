@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Kernel VFIO tests: VfioHostBackend against real devices inside QEMU guests (marker `kernel`)."""

@@ -1,0 +1,42 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Hook: our vfio-user server on the real device inside the guest, driven by our client library.
+
+The kernel guests give `VfioHostBackend` a real device; the issue's next step is
+the whole path in one guest kernel (fds and eventfds cross the socket with
+SCM_RIGHTS, so server and client must share a kernel):
+
+    vfu-platform serve --host DEVICE  (VfioHostBackend -> bridge -> server, a subprocess)
+        <- VfioUserClient: DEVICE_GET_INFO, REGION_READ, the region fd, INTx + UNMASK
+
+It runs when the guest's kernel command line has `vfu.e2e=1`
+(`KernelBench.run_*(vfio_user=True)`, `python -m vfu_platform.testbench.kernel
+--vfio-user`); otherwise it reports a SKIP, so the kernel suite does not depend
+on the server's progress.  Scenarios: pl031 (vfio_user_e2e.run_pl031).  A PCI
+host device (edu) through the bridge is not a scenario yet: the bridge plans
+platform regions as BARs, and a PCI function's own BARs/config would need a
+pass-through plan first.
+"""
+from __future__ import annotations
+
+from vfu_platform.testbench.kguest.checks import Checks
+
+
+def enabled(cmdline: str = "/proc/cmdline") -> bool:
+    try:
+        with open(cmdline) as f:
+            return "vfu.e2e=1" in f.read().split()
+    except OSError:
+        return False
+
+
+def run(c: Checks, device: str, scenario: str) -> None:
+    """Run `scenario` against `device` (closed by the caller: the server opens it itself)."""
+    if not enabled():
+        c.skip("vfio_user_roundtrip", "not enabled (kernel command line vfu.e2e=1)")
+        return
+    if scenario != "pl031":
+        c.skip("vfio_user_roundtrip", f"no vfio-user scenario for {scenario} yet")
+        return
+    from vfu_platform.testbench.kguest import vfio_user_e2e
+
+    vfio_user_e2e.run_pl031(c, device)
