@@ -380,6 +380,7 @@ def report(args: argparse.Namespace, results: dict[str, Result], round_ratios: d
         cases[name] = entry
     return {
         "machine": machine_info(),
+        "code": code_info(),
         "config": {"iterations": args.iterations, "warmup": args.warmup, "rounds": args.rounds,
                    "posted_batch": args.batch, "pinned": args.pin, "target_ratio": 1.25},
         "cases": cases,
@@ -399,10 +400,24 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "loadavg": list(os.getloadavg())}
 
 
+def code_info() -> dict[str, Any]:
+    """Which server code was measured: HEAD and whether the package had uncommitted changes."""
+    def git(*argv: str) -> str:
+        try:
+            result = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return result.stdout.strip() if result.returncode == 0 else ""
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--", "vfu_platform"))}
+
+
 def print_table(data: dict[str, Any]) -> None:
     m, c = data["machine"], data["config"]
     print(f"machine: {m['cpus']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, Python {m['python']}, "
           f"load {m['loadavg'][0]:.2f}")
+    code = data["code"]
+    print(f"server code: {code['commit'] or 'unknown'}{' + uncommitted changes' if code['dirty'] else ''}")
     print(f"{c['iterations']} timed ops per case per round (+{c['warmup']} warm-up), {c['rounds']} rounds, "
           f"posted batch {c['posted_batch']}, pinned {'yes' if c['pinned'] else 'no'}")
     print()
@@ -462,18 +477,26 @@ def run_profile(args: argparse.Namespace, binaries: dict[str, Path], work: Path)
             "cumtime_us_per_op": cumtime * 1e6 / ops,
         })
     total = sum(r["tottime_us_per_op"] for r in rows)
+    idle = sum(r["tottime_us_per_op"] for r in rows if _IDLE_MARK in r["function"])
     rows.sort(key=lambda r: r["tottime_us_per_op"], reverse=True)
     return {
+        "code": code_info(),
+        "loadavg": list(os.getloadavg()),
         "op": op,
         "ops": ops,
         "unprofiled_p50_us": plain["p50_ns"] / 1e3,
         "profiled_p50_us": profiled["p50_ns"] / 1e3,
-        "profiled_python_us_per_op": total,
+        "profiled_us_per_op": total,
+        "profiled_idle_us_per_op": idle,  # epoll wait: mostly waiting for the client's next request
+        "profiled_busy_us_per_op": total - idle,
         "calls_per_op": sum(r["ncalls"] for r in rows) / ops,
         "top": rows[: args.top],
         "stats_file": str(args.save_profile) if args.save_profile else None,
         "_stats_path": str(stats_path),
     }
+
+
+_IDLE_MARK = "'poll' of 'select.epoll'"
 
 
 def _short(filename: str) -> str:
@@ -489,12 +512,17 @@ def _short(filename: str) -> str:
 def print_profile(data: dict[str, Any]) -> None:
     print(f"cProfile of the server, {data['ops']} REGION_{data['op'].upper()} ops "
           f"(p50 {data['unprofiled_p50_us']:.2f} µs unprofiled, {data['profiled_p50_us']:.2f} µs profiled)")
-    print(f"{data['calls_per_op']:.1f} Python-visible calls per op; {data['profiled_python_us_per_op']:.2f} µs "
-          "of profiled time per op (cProfile inflates small calls: read the ranking and the calls per op)")
+    code = data["code"]
+    print(f"server code: {code['commit'] or 'unknown'}{' + uncommitted changes' if code['dirty'] else ''}, "
+          f"load {data['loadavg'][0]:.2f}")
+    print(f"{data['calls_per_op']:.1f} profiled calls per op; {data['profiled_busy_us_per_op']:.2f} µs busy per op under "
+          f"the profiler (+{data['profiled_idle_us_per_op']:.2f} µs in epoll.poll, mostly idle).")
+    print("cProfile adds a fixed cost to every call: rank by these numbers, do not predict savings from them.")
     print()
     print(f"{'calls/op':>8} {'tot µs/op':>9} {'cum µs/op':>9}  function")
     for r in data["top"]:
-        print(f"{r['calls_per_op']:8.2f} {r['tottime_us_per_op']:9.3f} {r['cumtime_us_per_op']:9.3f}  {r['function']}")
+        note = "  (includes idle wait)" if _IDLE_MARK in r["function"] else ""
+        print(f"{r['calls_per_op']:8.2f} {r['tottime_us_per_op']:9.3f} {r['cumtime_us_per_op']:9.3f}  {r['function']}{note}")
     if data["stats_file"]:
         print(f"\nfull stats: {data['stats_file']} (python -m pstats)")
 

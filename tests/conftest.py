@@ -15,6 +15,7 @@ that the connection still works after one.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,8 +66,13 @@ class ServerProcess:
                 "--device", device, "--trace", str(self.trace_path), "-v", *extra_args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        self._wait_for_socket()
-        self.idle_fds = self._measure_idle_fds()
+        try:
+            self._wait_until_serving()
+            self.idle_fds = self._measure_idle_fds()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     @property
     def pid(self) -> int:
@@ -75,14 +81,15 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _wait_for_socket(self) -> None:
+    def _wait_until_serving(self) -> None:
+        # The socket file appears at bind(), before listen() and the SIGTERM handler:
+        # the "serving" line on stderr is the moment the server is ready.
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.socket_path):
+        while f"serving {self.device} on" not in self.log():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError(f"server did not create its socket:\n{self.log()}")
+                raise RuntimeError(f"server did not start serving:\n{self.log()}")
             time.sleep(0.01)
 
     def _measure_idle_fds(self) -> int:
@@ -145,6 +152,7 @@ class ServerProcess:
         assert code == 0, f"server exited with {code}:\n{log}"
         assert not os.path.exists(self.socket_path), "the socket file was left behind"
         assert "Traceback" not in log, log
+        shutil.rmtree(self.workdir)  # kept when something above failed
 
 
 def launch_server(device: str, extra_args: Sequence[str] = ()) -> ServerProcess:

@@ -13,6 +13,8 @@ written down in the engine's module docstring.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from vfu_platform.irq.engine import LineSpec, LineState, Route, Signal, UnmaskLine
 
 Action = Signal | UnmaskLine
@@ -67,7 +69,7 @@ class ReferenceIrq:
             and self.vector_has_fd[vector]
         )
 
-    def signal(self, target: str | int, actions: list[Action]) -> None:
+    def signal(self, target: Literal["intx"] | int, actions: list[Action]) -> None:
         self.signal_count += 1
         actions.append(Signal(target))
 

@@ -7,7 +7,10 @@ SIGTERM stops it, with exit status 0.
 """
 from __future__ import annotations
 
+import json
+import mmap
 import os
+import select
 import signal
 import socket
 import stat
@@ -281,3 +284,81 @@ def test_verbose_logs_client_lifecycle(tmp_path: Path) -> None:
         assert "client 1 connected" in text and "client gone" in text
     finally:
         assert server.stop() == 0
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def first_platform_device() -> str | None:
+    try:
+        names = sorted(os.listdir("/sys/bus/platform/devices"))
+    except FileNotFoundError:
+        return None
+    return names[0] if names else None
+
+
+def test_inspect_json_of_a_real_platform_device() -> None:
+    name = first_platform_device()
+    if name is None:
+        pytest.skip("this machine has no platform bus")
+    result = run_cli("inspect", "--json", name)
+    report = json.loads(result.stdout)
+    assert report["device"]["name"] == name
+    assert report["device"]["bus"] == "platform"
+    # Exit 1 exactly when the report carries the reason the device cannot be opened.
+    assert result.returncode == (0 if report["error"] is None else 1)
+    assert result.stderr == ""
+
+
+def test_inspect_table_of_a_real_platform_device_by_path() -> None:
+    name = first_platform_device()
+    if name is None:
+        pytest.skip("this machine has no platform bus")
+    result = run_cli("inspect", f"/sys/bus/platform/devices/{name}")
+    assert result.stdout.splitlines()[0].startswith(f"device      {name} (platform)")
+    assert "Traceback" not in result.stderr
+
+
+def test_inspect_table_shows_regions_irqs_and_the_bridge_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    from vfu_platform.backends.vfio.inspect import DeviceReport, HostReport, IrqReport, RegionReport
+    from vfu_platform.cli import _print_report
+
+    report = HostReport(
+        device=DeviceReport(name="9010000.pl031", bus="amba", sysfs_path="/sys/devices/platform/9010000.pl031",
+                            driver="vfio-amba", vfio_driver="vfio-amba", iommu_group=3, group_node="/dev/vfio/3",
+                            group_members=[], iommu="NOIOMMU", flags=["AMBA"], num_regions=1, num_irqs=1),
+        compatible=["arm,pl031", "arm,primecell"],
+        regions=[RegionReport(index=0, name="mmio0", size=0x1000, offset=0, flags=["READ", "WRITE", "MMAP"])],
+        irqs=[IrqReport(index=0, name="irq0", count=1, flags=["EVENTFD", "MASKABLE", "AUTOMASKED"], trigger="level")],
+    )
+    _print_report(report)
+    out = capsys.readouterr().out
+    assert "arm,pl031" in out
+    assert "region 0" in out and "size 0x1000" in out
+    assert "irq 0" in out and "level" in out
+    bar = max(0x1000, mmap.PAGESIZE)  # a BAR covers whole host pages
+    assert f"BAR0        size {bar:#x}: region 0 (mmio0)" in out
+    assert f"BAR1        size {bar:#x}: IRQ page" in out
+
+
+def test_signal_while_the_server_waits_for_a_dma_reply(tmp_path: Path) -> None:
+    """The server is inside a nested wait for the client's DMA_READ reply: a SIGTERM must
+    still stop it at once (not after the 5 s DMA timeout), cleanly."""
+    server = start_server(tmp_path, device="edu")
+    client = server.connect()
+    client.dma_map(0x10_0000, 0x1000)  # no fd: the device's DMA becomes DMA_READ requests
+    client.region_write(7, 0x04, (0x0006).to_bytes(2, "little"))  # memory + bus master
+    client.write64(0, 0x80, 0x10_0000)
+    client.write64(0, 0x88, 0x40000)
+    client.write64(0, 0x90, 0x10)
+    client.write64(0, 0x98, 0x1)
+    readable, _, _ = select.select([client.channel.sock], [], [], 3)
+    assert readable, "the server's DMA_READ request"
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0, server.stderr()
+    assert time.monotonic() - started < 2.0
+    assert not os.path.exists(server.socket_path)
+    assert "Traceback" not in server.stderr()
+    server.clients.clear()
+    client.close()

@@ -9,7 +9,15 @@ import pytest
 
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities, Migration, TwinSocket, decode_capabilities
-from vfu_platform.protocol.codec import REPLY_TYPES, REQUEST_TYPES, decode_reply, decode_request, encode, encode_error, encode_reply
+from vfu_platform.protocol.codec import (
+    REPLY_TYPES,
+    REQUEST_TYPES,
+    decode_reply,
+    decode_request,
+    encode,
+    encode_error,
+    encode_reply,
+)
 from vfu_platform.protocol.constants import Command, MsgFlags
 from vfu_platform.protocol.errors import ProtocolError
 from vfu_platform.protocol.header import Header, pack_header, parse_header
@@ -25,13 +33,15 @@ ROUND_TRIPS = {
     "version-empty-caps": m.Version(0, 0, Capabilities()),
     "dma-map": m.DmaMap(32, READ | WRITE, 0x1000, 0xFFFF_0000_0000, 1 << 40),
     "dma-unmap": m.DmaUnmap(24, 2, 0, 0),
-    "dma-unmap-bitmap": m.DmaUnmap(48, 1, 0x10000, 0x8000, bitmap_pgsize=4096, bitmap_size=8, bitmap=b"\x0f" + bytes(7)),
+    "dma-unmap-bitmap": m.DmaUnmap(48, 1, 0x10000, 0x8000, bitmap_pgsize=4096, bitmap_size=8,
+                                   bitmap=b"\x0f" + bytes(7)),
     "device-info": m.DeviceInfo(16, 3, 9, 5),
     "region-info": m.RegionInfo(32, READ | WRITE, 7, 0, 256, 0),
     "region-info-caps": m.RegionInfo(120, READ | WRITE | MMAP | CAPS, 1, 32, 1 << 20, 1 << 40,
                                      (SPARSE, m.TypeCap(0x8086, 1), m.MsixMappableCap(),
                                       m.UnknownCap(9, 3, b"12345678"))),
-    "region-io-fds": m.RegionIoFds(96, 0, 0, 2, (m.IoFdEntry(0x10, 4, 0, 0, 1, 0xDEAD), m.IoFdEntry(0x20, 0, 1, 1, 0, 7))),
+    "region-io-fds": m.RegionIoFds(96, 0, 0, 2, (m.IoFdEntry(0x10, 4, 0, 0, 1, 0xDEAD),
+                                                 m.IoFdEntry(0x20, 0, 1, 1, 0, 7))),
     "irq-info": m.IrqInfo(16, 0x7, 0, 1),
     "irq-set": m.IrqSet(20, 0x24, 2, 0, 3),
     "irq-set-bool": m.IrqSet(23, 0x22, 2, 1, 3, b"\x01\x00\x01"),
@@ -39,7 +49,8 @@ ROUND_TRIPS = {
     "region-access-data": m.RegionAccess(0xFFFF_FFFF_FFFF_FFF8, 5, 8, b"abcdefgh"),
     "dma-access": m.DmaAccess(1 << 33, 16),
     "dma-access-data": m.DmaAccess(0x40000, 4, b"wxyz"),
-    "write-multi": m.RegionWriteMulti((m.WriteMultiEntry(4, 0, 4, b"abcd"), m.WriteMultiEntry(0x80, 0, 8, b"12345678"))),
+    "write-multi": m.RegionWriteMulti((m.WriteMultiEntry(4, 0, 4, b"abcd"),
+                                       m.WriteMultiEntry(0x80, 0, 8, b"12345678"))),
     "write-multi-empty": m.RegionWriteMulti(()),
     "device-feature": m.DeviceFeature(24, (1 << 16) | 11, bytes(16)),
     "mig-data": m.MigData(12, 4, b"data"),

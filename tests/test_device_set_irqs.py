@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import ServerProcess, launch_server, assert_serving, expect_error, expect_no_reply_to
+from conftest import ServerProcess, assert_serving, expect_error, expect_no_reply_to, launch_server, raw_request
 from vfu_platform.client import VfioUserClient, eventfd_count, make_eventfd, wait_eventfd
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.constants import Command
@@ -25,7 +25,8 @@ EDU_RAISE, EDU_ACK, EDU_IRQ_STATUS = 0x60, 0x64, 0x24
 SIGNAL_WAIT = 2.0
 
 
-def irq_set(index: int, flags: int, start: int = 0, count: int = 1, data: bytes = b"", argsz: int | None = None) -> bytes:
+def irq_set(index: int, flags: int, start: int = 0, count: int = 1, data: bytes = b"",
+            argsz: int | None = None) -> bytes:
     return m.IrqSet(20 + len(data) if argsz is None else argsz, flags, index, start, count, data).pack()
 
 
@@ -72,6 +73,13 @@ def install_intx(client: VfioUserClient, fds: list[int]) -> int:
 
 
 # ---------------------------------------------------------------- INTx wiring
+def test_reply_is_header_only(edu, eventfds):
+    # QEMU's eventfd chunks: argsz 20, msg_size 36, the fds in SCM_RIGHTS only.
+    reply = raw_request(edu, Command.DEVICE_SET_IRQS, irq_set(INTX, TRIGGER | DATA_EVENTFD), [new_eventfd(eventfds)])
+    assert not reply.header.is_error
+    assert reply.header.size == 16 and reply.fds == []
+
+
 def test_intx_trigger_is_signalled_when_edu_raises(edu, eventfds):
     trigger = install_intx(edu, eventfds)
     raise_edu_irq(edu)
@@ -293,7 +301,8 @@ def test_refused_fds_are_einval_and_closed(server, edu, eventfds, payload, nfds)
 def test_refused_message_leaves_the_wiring_alone(edu, eventfds):
     trigger = install_intx(edu, eventfds)
     other = new_eventfd(eventfds)
-    expect_error(edu, Command.DEVICE_SET_IRQS, irq_set(INTX, TRIGGER | DATA_EVENTFD, 0, 2), errno.EINVAL, [other, other])
+    two_vectors = irq_set(INTX, TRIGGER | DATA_EVENTFD, 0, 2)
+    expect_error(edu, Command.DEVICE_SET_IRQS, two_vectors, errno.EINVAL, [other, other])
     raise_edu_irq(edu)
     assert wait_eventfd(trigger, SIGNAL_WAIT) == 1
 

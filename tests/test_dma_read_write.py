@@ -23,7 +23,7 @@ from vfu_platform.client import VfioUserClient, make_eventfd, wait_eventfd
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities
 from vfu_platform.protocol.codec import encode_error, encode_reply
-from vfu_platform.protocol.constants import Command, MsgFlags
+from vfu_platform.protocol.constants import Command
 from vfu_platform.protocol.framing import Frame
 
 BAR0, CONFIG = 0, 7
@@ -165,6 +165,30 @@ def test_client_refusing_a_dma_request_does_not_hurt_the_server(edu):
     to_edu(edu, IOVA, 64)  # the next transfer works
     to_ram(edu, IOVA + 0x100, 64)
     assert bytes(window.buffer[0x100:0x140]) == PATTERN[:64]
+
+
+def test_short_dma_read_reply_moves_no_data(edu):
+    window = edu.dma_map(IOVA, WINDOW)
+    bus_master(edu, True)
+    start_dma(edu, IOVA, EDU_BUFFER, 64, 0, posted=True)
+    header, _body, _fds = next_server_request(edu)
+    edu.send_raw(encode_reply(header.msg_id, Command.DMA_READ, m.DmaAccess(IOVA, 64, PATTERN[:32]).pack()))
+    wait_dma_done(edu)
+    to_ram(edu, IOVA + 0x100, 64)  # edu's buffer was not filled from the short reply
+    assert bytes(window.buffer[0x100:0x140]) == bytes(64)
+
+
+def test_client_leaving_during_a_dma_request(server, edu):
+    edu.dma_map(IOVA, WINDOW)
+    bus_master(edu, True)
+    start_dma(edu, IOVA, EDU_BUFFER, 64, 0, posted=True)
+    header, _body, _fds = next_server_request(edu)
+    assert header.command == Command.DMA_READ
+    edu.close()  # never answered
+    server.wait_idle()
+    with server.connect() as fresh:
+        assert fresh.read64(BAR0, DMA_CMD) & CMD_START == 0  # the transfer was ended
+        assert_serving(fresh)
 
 
 # ---------------------------------------------------------------- through a memfd the server mmaps

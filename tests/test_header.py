@@ -45,9 +45,11 @@ def test_eof_inside_a_message_drops_only_that_client(server, client, sent):
 
 @pytest.mark.parametrize("size", [0, 8, 15])
 def test_msg_size_below_16_drops_the_connection(server, client, size):
-    client.send_raw(header_bytes(7, Command.DEVICE_GET_INFO, size))
+    fd = make_eventfd()
+    client.send_raw(header_bytes(7, Command.DEVICE_GET_INFO, size), [fd])
+    os.close(fd)
     assert_dropped(client)
-    server.wait_idle()
+    server.wait_idle()  # the fd that came with it is closed too
     with server.connect() as fresh:
         assert_serving(fresh)
 
@@ -160,6 +162,15 @@ def test_message_sent_one_byte_at_a_time_is_answered(client):
     assert not client.wait_reply(msg_id).header.is_error
 
 
+def test_client_that_stops_reading_is_dropped(server, client):
+    """Replies nobody reads must not block the server for good (it is single-threaded)."""
+    flood = b"".join(encode(i, Command.REGION_READ, m.RegionAccess(0, 1, 4096).pack()) for i in range(1, 2001))
+    client.send_raw(flood)  # 8 MiB of replies: far more than the socket buffers hold
+    server.wait_fd_count(server.idle_fds, timeout=10)  # given up after the 5 s send timeout
+    with server.connect() as fresh:
+        assert_serving(fresh)
+
+
 def test_second_client_is_turned_away_while_one_is_served(server, client):
     with server.connect(negotiate=False) as second:
         assert_dropped(second)
@@ -222,6 +233,15 @@ def test_max_msg_fds_is_accepted(server, client):
 def test_more_fds_than_max_msg_fds_is_einval_and_all_are_closed(server, client, command, payload):
     fds = [make_eventfd() for _ in range(17)]
     expect_error(client, command, payload, errno.EINVAL, fds)
+    for fd in fds:
+        os.close(fd)
+    server.wait_fd_count(server.idle_fds + 1)
+    assert_serving(client)
+
+
+def test_as_many_fds_as_linux_passes_are_einval_and_all_closed(server, client):
+    fds = [make_eventfd() for _ in range(253)]  # SCM_MAX_FD
+    expect_error(client, Command.DEVICE_GET_INFO, DEVICE_INFO, errno.EINVAL, fds)
     for fd in fds:
         os.close(fd)
     server.wait_fd_count(server.idle_fds + 1)

@@ -59,6 +59,10 @@ def live_msix(*specs: LineSpec) -> IrqEngine:
     return engine
 
 
+def queue_of(engine: IrqEngine) -> tuple[Route, int | None, tuple[int, ...]]:
+    return engine.route, engine.active, engine.pending
+
+
 class Device:
     """A device model around an engine, behaving as the backend contract says.
 
@@ -142,7 +146,7 @@ def test_three_lines_fired_at_once_arrive_one_at_a_time_in_fifo_order() -> None:
     assert engine.active == 2 and engine.pending == (0, 3)
     assert engine.line_state(0) is LineState.PENDING
 
-    delivered = []
+    delivered: list[int] = []
     while engine.active is not None:
         assert len(device.signals) == len(delivered) + 1  # one signal per activation
         line = engine.active
@@ -316,6 +320,16 @@ def test_one_access_never_completes_two_eois() -> None:
     assert engine.eois == 2
 
 
+def test_one_write_covering_two_ack_registers_acknowledges_both() -> None:
+    engine = live_msix(LEVEL_ACK, LEVEL_ACK)
+    engine.fire(0)
+    engine.fire(1)
+    assert engine.ack(0) == (UnmaskLine(0), Signal(1))
+    assert engine.ack(1) == (UnmaskLine(1),)
+    assert engine.trapped_access() == ()
+    assert engine.eois == 2 and engine.active is None
+
+
 def test_ack_guard_is_cancelled_by_any_other_event() -> None:
     engine = live_msix(LEVEL_ACK, LEVEL)
     engine.fire(0)
@@ -413,8 +427,7 @@ def test_route_switch_intx_msix_intx_loses_nothing_still_asserted() -> None:
     # QEMU enables MSI-X: INTx disabled first, then "MSI-X on, no vectors", then fds.
     device.run(engine.intx_enable(False))
     device.run(engine.msix_enable(True))
-    assert engine.route is Route.MSIX
-    assert engine.active == 0 and engine.pending == (1, 2)  # re-fired, in line order
+    assert queue_of(engine) == (Route.MSIX, 0, (1, 2))  # re-fired, in line order
     assert engine.pba == 0b111
     for vector in range(3):
         device.run(engine.vector_fd(vector, True))
@@ -424,9 +437,9 @@ def test_route_switch_intx_msix_intx_loses_nothing_still_asserted() -> None:
     assert device.signals == [INTX, 0, 1]
     # The guest disables MSI-X while 1 is in flight and 2 waits; INTx comes back.
     device.run(engine.msix_enable(False))
-    assert engine.route is Route.INTX and engine.active is None
+    assert queue_of(engine) == (Route.INTX, None, ())
     device.run(engine.intx_enable(True))
-    assert engine.active == 1 and engine.pending == (2,)
+    assert queue_of(engine) == (Route.INTX, 1, (2,))
     assert device.signals == [INTX, 0, 1, INTX]
     device.lower_line(1)
     device.run(engine.client_unmask())
@@ -449,7 +462,7 @@ def test_msix_enable_carries_fires_recorded_while_nothing_was_live() -> None:
     # Replayed in order under the MSI-X rules: edge 2 goes straight out on vector 2,
     # level 1 becomes ACTIVE (held: no fd), edge 0 is held in the PBA.
     assert engine.msix_enable(True) == (Signal(2),)
-    assert engine.active == 1 and engine.pending == ()
+    assert engine.active == 1 and not engine.pending
     assert engine.pba == 0b011
     assert engine.device_masked == {1}
 
@@ -643,8 +656,9 @@ class EngineVersusReference(RuleBasedStateMachine):
         recorded = set(actives) | set(engine.pending)
         levels = {i for i in range(self.n) if engine.specs[i].automasked}
         assert recorded & levels <= engine.device_masked <= levels
-        if self.ref.msix_on or self.ref.intx_on:  # a live route leaves no line masked
-            assert engine.device_masked == recorded & levels  # unless it waits for EOI
+        if self.ref.msix_on or self.ref.intx_on:
+            # A live route keeps masked only the lines that wait for their EOI.
+            assert engine.device_masked == recorded & levels
         if engine.route is Route.MSIX:
             assert all(engine.specs[i].automasked for i in recorded)
         else:
@@ -670,7 +684,8 @@ SERVICE_ROUNDS = 4 * MAX_LINES + 4
 
 def service(device: Device, on_msix: bool) -> None:
     """Make one route live and deliverable, then act as the guest: for each interrupt,
-    quiet the source, acknowledge it, and EOI, until nothing is ACTIVE."""
+    quiet the source, acknowledge it, and EOI (exactly one EOI each), until nothing is
+    ACTIVE."""
     engine = device.engine
     n = len(engine.specs)
     if on_msix:
@@ -689,12 +704,14 @@ def service(device: Device, on_msix: bool) -> None:
         if line is None:
             return
         assert engine.pba & (1 << line) == 0 and (on_msix or engine.intx_asserted)
+        eois = engine.eois
         device.lower_line(line)
         if engine.specs[line].has_ack:
             device.run(engine.ack(line))
         device.run(engine.trapped_access())
-        if not on_msix:
-            device.run(engine.client_unmask())
+        if not on_msix and engine.active == line:
+            device.run(engine.client_unmask())  # QEMU's UNMASK, if not already sent
+        assert engine.eois == eois + 1, "one serviced interrupt must be exactly one EOI"
     raise AssertionError("interrupts still ACTIVE after servicing every line")
 
 

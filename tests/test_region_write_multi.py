@@ -8,7 +8,6 @@ import struct
 import pytest
 
 from conftest import assert_serving, expect_error, expect_no_reply_to, raw_request
-from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities
 from vfu_platform.protocol.constants import Command
 
@@ -87,7 +86,8 @@ def test_short_payload_is_einval(client, payload):
 @pytest.mark.parametrize("wr_cnt", [0, 2, 1 << 40])
 def test_count_other_than_the_entries_is_einval(client, wr_cnt):
     client.write32(BAR0, LIVENESS, 0x33)
-    expect_error(client, Command.REGION_WRITE_MULTI, batch(entry(BAR0, LIVENESS, bytes(4)), wr_cnt=wr_cnt), errno.EINVAL)
+    payload = batch(entry(BAR0, LIVENESS, bytes(4)), wr_cnt=wr_cnt)
+    expect_error(client, Command.REGION_WRITE_MULTI, payload, errno.EINVAL)
     assert liveness(client) == 0x33
 
 
@@ -106,11 +106,13 @@ def test_more_than_256_entries_is_einval(client):
                          ids=["bad-region", "past-bar0", "absent-bar"])
 def test_one_bad_entry_fails_the_whole_batch(client, bad):
     client.write32(BAR0, LIVENESS, 0x44)
-    expect_error(client, Command.REGION_WRITE_MULTI, batch(entry(BAR0, LIVENESS, struct.pack("<I", 9)), bad), errno.EINVAL)
+    payload = batch(entry(BAR0, LIVENESS, struct.pack("<I", 9)), bad)
+    expect_error(client, Command.REGION_WRITE_MULTI, payload, errno.EINVAL)
     assert liveness(client) == 0x44  # the good entry before it was not applied
 
 
 def test_refused_posted_batch_gets_no_reply(client):
     client.write32(BAR0, LIVENESS, 0x55)
-    expect_no_reply_to(client, Command.REGION_WRITE_MULTI, batch(entry(BAR0, LIVENESS, bytes(4)), entry(9, 0, bytes(4))))
+    payload = batch(entry(BAR0, LIVENESS, bytes(4)), entry(9, 0, bytes(4)))
+    expect_no_reply_to(client, Command.REGION_WRITE_MULTI, payload)
     assert liveness(client) == 0x55

@@ -50,7 +50,8 @@ def test_reply_minor_is_never_above_the_request(raw_client):
     assert (version.major, version.minor) == (0, 0)
 
 
-@pytest.mark.parametrize("text", [None, b"{}", b'{"capabilities":{}}', b'{"capabilities":{"x-unknown":[1,2]},"other":1}'],
+@pytest.mark.parametrize("text", [None, b"{}", b'{"capabilities":{}}',
+                                  b'{"capabilities":{"x-unknown":[1,2]},"other":1}'],
                          ids=["no-json", "empty-object", "empty-capabilities", "unknown-keys"])
 def test_minimal_requests_are_accepted(raw_client, text):
     reply = raw_request(raw_client, Command.VERSION, version_payload(text))

@@ -127,8 +127,13 @@ def serve(args: argparse.Namespace) -> int:
     except SocketPathError as exc:
         raise UsageError(str(exc)) from None
     backend, model = make_backend(args, config)
+    from vfu_platform.bridge.pci_passthrough import PciPassthrough, serves_as_pci_function
+
     try:
-        bridge = PciBridge(backend, bridge_options(args, config, model))
+        if serves_as_pci_function(backend):  # a vfio-pci function is served as itself, no bridge
+            bridge: PciBridge | PciPassthrough = PciPassthrough(backend)  # type: ignore[arg-type]
+        else:
+            bridge = PciBridge(backend, bridge_options(args, config, model))
     except (BarPlanError, ValueError) as exc:
         backend.close()
         raise UsageError(str(exc)) from None
@@ -158,9 +163,17 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    """Describe a host device and the server's plan for it; exit 1 when it cannot be opened."""
     from vfu_platform.backends.vfio.report import print_inspect
 
     return print_inspect(args.name, as_json=args.json)
+
+
+def _print_report(report: object) -> None:
+    """The `inspect` table of a report (vfu_platform.backends.vfio.report.format_table)."""
+    from vfu_platform.backends.vfio.report import format_table
+
+    print(format_table(report))  # type: ignore[arg-type]
 
 
 def list_models(_args: argparse.Namespace) -> int:

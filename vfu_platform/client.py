@@ -66,7 +66,7 @@ class MemoryWindow:
 
 class VfioUserClient:
     def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT, max_message_size: int = (1 << 20) + 64) -> None:
-        self.channel = Channel(sock, max_message_size + (64 << 10))
+        self.channel = Channel(sock, max_message_size + (64 << 10), send_timeout=timeout)
         self.timeout = timeout
         self._next_id = 1
         self.server_caps = Capabilities()

@@ -132,8 +132,17 @@ class DmaMapTable:
         window = DmaWindow(iova, size, flags, offset, fd, mapping, identity)
         self._starts.insert(index, iova)
         self._windows.insert(index, window)
-        for hook in self.on_map:
-            hook(window)
+        try:
+            for hook in self.on_map:
+                hook(window)
+        except BaseException:
+            # A hook refused the window (e.g. the host IOMMU could not map it): it never
+            # existed.  `map` closes the fd; the mapping is ours to close.
+            del self._starts[index]
+            del self._windows[index]
+            if mapping is not None:
+                mapping.close()
+            raise
         if window.mapping is not None and window.fd is not None:
             # mmap() keeps its own duplicate of the fd: hold one fd per window, not two.
             os.close(window.fd)

@@ -19,6 +19,10 @@ _FD_SIZE = array.array("i").itemsize
 # Room for as many fds as Linux can pass in one message: a peer sending more than
 # it may (max_msg_fds) then gets a clear EINVAL instead of a truncated control message.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * _FD_SIZE)
+#: A peer that does not take a message within this time is gone.  QEMU gives up on a
+#: reply after 5 s (x-msg-timeout) anyway, and a single-threaded server blocked in
+#: send() would serve nothing else, not even SIGTERM.
+SEND_TIMEOUT = 5.0
 
 
 class ConnectionClosed(Exception):
@@ -26,8 +30,10 @@ class ConnectionClosed(Exception):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, max_message_size: int) -> None:
+    def __init__(self, sock: socket.socket, max_message_size: int, send_timeout: float | None = SEND_TIMEOUT) -> None:
         self.sock = sock
+        # Only send() can wait: receive() is called when the socket is readable.
+        sock.settimeout(send_timeout)
         self.buffer = ReceiveBuffer(max_message_size)
         #: set when a recvmsg lost ancillary data (MSG_CTRUNC): the next message is answered EFAULT
         self.truncated_fds = False
@@ -68,6 +74,8 @@ class Channel:
                 self.sock.sendall(memoryview(data)[sent:])
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ConnectionClosed(str(exc)) from exc
+        except TimeoutError as exc:
+            raise ConnectionClosed(f"the peer did not take a message within {self.sock.gettimeout()} s") from exc
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 raise ConnectionClosed(str(exc)) from exc

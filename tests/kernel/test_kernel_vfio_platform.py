@@ -33,6 +33,8 @@ EXPECTED = [
     # the virtio-mmio slot through vfio-platform
     "vmmio_flags_platform", "vmmio_compatible", "vmmio_region_not_mmappable", "vmmio_magic", "vmmio_irq_edge",
     "vmmio_loopback",
+    # `vfu-platform inspect`: table and JSON with the bridge plan
+    "pl031_inspect_cli_table", "pl031_inspect_cli_json", "vmmio_inspect_cli_json",
 ]
 
 
@@ -40,7 +42,7 @@ EXPECTED = [
 #: both inside the guest (kguest/vfio_user_e2e.py); VFU_KERNEL_E2E=0 leaves it out
 E2E_EXPECTED = [
     "e2e_server_started", "e2e_device_info_pci", "e2e_region_read_ids", "e2e_region_mmap", "e2e_intx_real_irq",
-    "e2e_server_clean_exit",
+    "e2e_dma_noiommu_refused", "e2e_dma_without_fd_accepted", "e2e_reset_reported", "e2e_server_clean_exit",
 ]
 E2E = os.environ.get("VFU_KERNEL_E2E", "1") != "0"
 

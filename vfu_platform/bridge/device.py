@@ -30,6 +30,8 @@ from vfu_platform.backends.base import (
 )
 from vfu_platform.bridge.bar_plan import SLACK, BarPlan, RegionSpec, plan_bars
 from vfu_platform.bridge.config_space import CONFIG_SPACE_SIZE, ConfigSpace, ConfigWriteEffects, PciIds
+from vfu_platform.bridge.device_reset import DeviceResetter, is_host_backend
+from vfu_platform.bridge.host_dma import HostDma, supports_host_dma
 from vfu_platform.bridge.irq_page import IrqPage
 from vfu_platform.bridge.msix import ENTRY_SIZE, MsixTable
 from vfu_platform.irq import IrqEngine, LineSpec, Route, Signal, UnmaskLine
@@ -70,6 +72,11 @@ class BridgeOptions:
     ack_registers: tuple[AckRegister, ...] = ()
     #: use the backend's own acknowledge registers for exact EOIs
     use_model_acks: bool = True
+    #: wire the client's INTx eventfds straight into a host device when the semantics allow it
+    irq_bypass: bool = True
+    #: reset the device when a client goes away; None: yes for host devices (the next client
+    #: must not inherit the last one's device), no for simulated ones (it must see their state)
+    reset_on_client_loss: bool | None = None
 
 
 class BusMasterGate:
@@ -134,7 +141,11 @@ class PciBridge:
         irq_bar = self.plan.irq_bar
         assert irq_bar is not None
         self._irq_bar_index = irq_bar.index
-        self.irq_page = IrqPage(self.engine, self.msix)
+        self.irq_page = IrqPage(self.engine, self.msix, lambda: self.irq_wakeups)
+        #: times the server woke up for an interrupt (a line trigger or the resamplefd)
+        self.irq_wakeups = 0
+        self._bypassed = False
+        self._intx_client_masked = False
         # Per BAR: the platform region behind it (None: the IRQ page).
         self._bar_region: dict[int, int | None] = {}
         for bar in self.plan.bars:
@@ -150,6 +161,8 @@ class PciBridge:
         self._err_trigger: int | None = None
         self._vector_fds: dict[int, int] = {}
         self.tracer = None
+        self._resetter = DeviceResetter(backend, self.trace)
+        self._host_dma: HostDma | None = None  # the client's DMA windows in the host IOMMU
 
     # ------------------------------------------------------------ observability
     def trace(self, event: str, **fields: object) -> None:
@@ -172,8 +185,15 @@ class PciBridge:
             context.loop.add_reader(fd, lambda line=line, fd=fd: self._on_line(line, fd))
         self.backend.attach(DeviceContext(BusMasterGate(context.dma, self.config, self), context.loop))
         self.engine_sync_intx_disable()
+        # Config space outlives clients; the engine (reset when the last one left) must
+        # follow what it says, as for INTX_DISABLE above.
+        self._apply(self.engine.msix_function_mask(self.config.msix_function_masked))
+        if supports_host_dma(self.backend):
+            self._host_dma = HostDma(self.backend, self.trace)  # type: ignore[arg-type]
+            self._host_dma.attach(context.dma)
 
     def client_lost(self) -> None:
+        self._end_bypass()
         self.backend.attach(None)
         if self._client is not None:
             for fd in self._line_fds:
@@ -186,6 +206,12 @@ class PciBridge:
         self._update_intx_status()
         self._client = None
         self.trace("irq-reset", reason="client lost")
+        reset = self.options.reset_on_client_loss
+        if reset or (reset is None and is_host_backend(self.backend)):
+            self.reset("client lost")
+        if self._host_dma is not None:  # IOMMU unmaps now: the session munmaps after client_lost
+            self._host_dma.detach()
+            self._host_dma = None
 
     def _drop_client_fds(self) -> None:
         # Stop watching the resamplefd before closing it: epoll watches the open file,
@@ -311,6 +337,7 @@ class PciBridge:
         if not effects.any_changed:
             return
         if effects.intx_disable_changed:
+            self._bypass_hold_changed()
             self.trace("intx-disable", value=self.config.intx_disabled)
             self._apply(self.engine.set_intx_disable(self.config.intx_disabled))
         if effects.bus_master_changed:
@@ -324,6 +351,7 @@ class PciBridge:
             os.eventfd_read(fd)
         except BlockingIOError:
             return
+        self.irq_wakeups += 1
         self._bump("line-fires")
         self.trace("irq-fire", line=line)
         self._apply(self.engine.fire(line))
@@ -336,6 +364,7 @@ class PciBridge:
             os.eventfd_read(fd)
         except BlockingIOError:
             return
+        self.irq_wakeups += 1
         self._bump("resample-eois")
         self.trace("intx-eoi", source="resamplefd")
         self._apply(self.engine.client_unmask())
@@ -350,6 +379,8 @@ class PciBridge:
         # Also without actions: an index disable or an edge line's EOI changes the
         # engine's state without telling the bridge to do anything.
         self._update_intx_status()
+        if not self._bypassed and self.engine.active is None:
+            self._update_bypass()
 
     def _update_intx_status(self) -> None:
         # STATUS.INTERRUPT is the function's interrupt state: set while a platform IRQ is
@@ -370,7 +401,11 @@ class PciBridge:
 
     def set_irqs(self, request: m.IrqSet, fds: list[int]) -> None:
         try:
+            if request.index == _INTX:
+                self._end_bypass()  # INTx wiring may change: decided again below
             self._set_irqs(request, fds)
+            if request.index == _INTX:
+                self._update_bypass()
         finally:
             for fd in fds:
                 _close(fd)
@@ -390,6 +425,8 @@ class PciBridge:
                 self._loopback(index, selected)
             return
         if index == _INTX and selected:
+            if data_type != vfio_abi.IRQ_SET_DATA_EVENTFD:
+                self._intx_client_masked = action == vfio_abi.IRQ_SET_ACTION_MASK
             if action == vfio_abi.IRQ_SET_ACTION_MASK:
                 self._apply(self.engine.client_mask())
             elif data_type == vfio_abi.IRQ_SET_DATA_EVENTFD:
@@ -467,9 +504,69 @@ class PciBridge:
             elif index == _ERR and self._err_trigger is not None:
                 os.write(self._err_trigger, _EVENTFD_ONE)
 
+    # ------------------------------------------------------------ bypass
+    def _bypass_wanted(self) -> bool:
+        """One platform IRQ on INTx, a client trigger and, for a level line, a resamplefd.
+
+        Then the host kernel can do it all: signal the client's trigger, and unmask the
+        line when the guest's EOI signals the resamplefd (the seed's KVM irqfd +
+        resamplefd path).  Several lines need the FIFO and the single-active rule,
+        which only the engine keeps; simulated devices have no kernel to hand it to.
+        """
+        if not self.options.irq_bypass or len(self._irqs) != 1 or self._client is None:
+            return False
+        if not hasattr(self.backend, "set_irq_unmask_eventfd"):
+            return False
+        if self._intx_trigger is None or self.engine.route is not Route.INTX:
+            return False
+        return self._intx_resample is not None or not self._irqs[0].automasked
+
+    def _update_bypass(self) -> None:
+        if self._bypassed or not self._bypass_wanted():
+            return
+        if self.engine.active is not None or self.engine.pending:
+            return  # an interrupt is in flight through the engine: switch once it completes
+        line = self._irqs[0]
+        self.backend.set_irq_trigger(line.index, self._intx_trigger)
+        if line.automasked:
+            assert self._intx_resample is not None and self._client is not None
+            self._client.loop.remove_reader(self._intx_resample)  # the host kernel consumes it now
+            getattr(self.backend, "set_irq_unmask_eventfd")(line.index, self._intx_resample)
+        self._bypassed = True
+        self._bump("bypass-on")
+        self.trace("irq-bypass", on=True, line=line.index)
+        self._bypass_hold_changed()
+
+    def _bypass_hold_changed(self) -> None:
+        """In bypass, INTx-disable and the client's INTx MASK hold the host line itself."""
+        if not self._bypassed:
+            return
+        line = self._irqs[0].index
+        if self.config.intx_disabled or self._intx_client_masked:
+            self.backend.mask_irq(line)
+        else:
+            self.backend.unmask_irq(line)
+
+    def _end_bypass(self) -> None:
+        if not self._bypassed:
+            return
+        line = self._irqs[0]
+        self._bypassed = False
+        if line.automasked:
+            getattr(self.backend, "set_irq_unmask_eventfd")(line.index, None)
+        self.backend.set_irq_trigger(line.index, self._line_fds[line.index])
+        if self._intx_resample is not None and self._client is not None:
+            self._client.loop.add_reader(self._intx_resample, self._on_resample)
+        # A line the host masked for a bypassed interrupt would stay masked: unmask it;
+        # if it is still asserted it fires again, now through the engine.
+        self.backend.unmask_irq(line.index)
+        self._bump("bypass-off")
+        self.trace("irq-bypass", on=False, line=line.index)
+
     # ------------------------------------------------------------ reset
-    def reset(self) -> None:
-        self.backend.reset()
+    def reset(self, reason: str = "DEVICE_RESET") -> None:
+        self._end_bypass()
+        self._resetter.reset(reason)  # a device without reset is reported, never an error
         self.config.reset()
         if self.msix is not None:
             self.msix.reset()
@@ -480,6 +577,7 @@ class PciBridge:
         if self._intx_trigger is not None:
             self._apply(self.engine.intx_enable(True))
         self._update_intx_status()
+        self._update_bypass()
         self.trace("device-reset")
 
 

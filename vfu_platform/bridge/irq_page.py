@@ -7,6 +7,7 @@ INTx, and holds the MSI-X table and PBA.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from vfu_platform.bridge.msix import PBA_OFFSET, MsixTable
 from vfu_platform.irq import IrqEngine, LineState, Route
@@ -17,6 +18,7 @@ IRQ_LINES = 0xC08
 IRQ_ROUTE = 0xC0C
 IRQ_SIGNALS = 0xC10
 IRQ_EOIS = 0xC14
+IRQ_WAKEUPS = 0xC18
 IRQ_STATE_BASE = 0xC40
 MAGIC = 0xD00
 MAGIC_VALUE = 0x50554656  # "VFUP" little-endian
@@ -27,9 +29,10 @@ _U32 = struct.Struct("<I")
 
 
 class IrqPage:
-    def __init__(self, engine: IrqEngine, msix: MsixTable | None) -> None:
+    def __init__(self, engine: IrqEngine, msix: MsixTable | None, wakeups: Callable[[], int] = lambda: 0) -> None:
         self.engine = engine
         self.msix = msix
+        self._wakeups = wakeups
 
     def _register(self, offset: int) -> int:
         engine = self.engine
@@ -46,6 +49,8 @@ class IrqPage:
             return engine.signals & 0xFFFFFFFF
         if offset == IRQ_EOIS:
             return engine.eois & 0xFFFFFFFF
+        if offset == IRQ_WAKEUPS:
+            return self._wakeups() & 0xFFFFFFFF
         if offset == MAGIC:
             return MAGIC_VALUE
         line = (offset - IRQ_STATE_BASE) // 4

@@ -53,7 +53,9 @@ enabled; route INTX is live while the INTx trigger is installed).
 The event that EOIs one line never EOIs the next one: an `ack()` that completes an
 EOI makes the following `trapped_access()` (the same guest write, the caller's
 contract is to call `ack` then `trapped_access`) a no-op.  Any other event in between
-cancels that.
+cancels that.  An explicit ack is never suppressed, though: one write that covers the
+ack registers of two lines acknowledges both sources on the device, so `ack(a)` then
+`ack(b)` may complete two EOIs (else b would wait for an ack that already happened).
 """
 from __future__ import annotations
 

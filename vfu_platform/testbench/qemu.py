@@ -18,6 +18,10 @@ virtio-9p, and RAM either memfd-backed and shared (DMA through mapped fds) or pl
 host timestamps; parse CHECK/INFO/RESULT lines; stop everything it started.
 
 A guest that never reaches its /init (a rare TCG early-boot hang) is retried once.
+
+Guest programs that use guest-side vfio-pci (guest/msix.py) need the VFIO modules and
+a vIOMMU: `GuestRun(..., **viommu_options())` adds them (extra_modules, kernel_args,
+early_qemu_args).
 """
 from __future__ import annotations
 
@@ -45,10 +49,10 @@ GUEST_PACKAGE = "vfu_platform.testbench.guest"
 GUEST_MODULES = ("9pnet_virtio", "9p", "uio_pci_generic")
 GUEST_MEMORY = "256M"          # below edu's 28-bit DMA mask
 # Guest-side vfio-pci (no Debian kernel has VFIO_NOIOMMU): the modules, and a vIOMMU.
-# vfio-user-pci requires caching-mode=on; vfio_iommu_type1 refuses a group without
-# interrupt remapping (EPERM, "No interrupt remapping support"), hence intremap=on.
+# vfio-user-pci requires caching-mode=on (else QEMU aborts: "requires caching mode").
+# Interrupt remapping is not needed: guest vfio_iommu_type1 attaches without it.
 VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
-VIOMMU_DEVICE = "intel-iommu,caching-mode=on,intremap=on"
+VIOMMU_DEVICE = "intel-iommu,caching-mode=on"
 VIOMMU_KERNEL_ARGS = ("intel_iommu=on",)
 ROOT_PORT_ID = "vfu-rp0"
 SERVER_TRACE_NAME = "server-trace.jsonl"   # conventional name inside a run's workdir
@@ -325,8 +329,8 @@ class GuestRun:
     shared_memory   guest RAM as memory-backend-memfd,share=on (DMA_MAP carries fds);
                     False: plain RAM (the server must use DMA_READ/DMA_WRITE).
     extra_qemu_args QEMU arguments appended at the end of the command line.
-    early_qemu_args QEMU arguments placed before any -device (a vIOMMU must exist
-                    before the PCI devices it translates for).
+    early_qemu_args QEMU arguments placed before any -device (so that a vIOMMU is
+                    created before the PCI devices it translates for).
     extra_modules   guest kernel modules added to the initramfs and loaded by /init
                     after the default ones (e.g. VFIO_MODULES).
     kernel_args     extra guest kernel command-line words (e.g. "intel_iommu=on").
@@ -574,15 +578,13 @@ class GuestRun:
             res.timings["program_exit_s"] = now
 
 
-def viommu_options(accel: str = "auto") -> dict[str, tuple[str, ...]]:
+def viommu_options() -> dict[str, tuple[str, ...]]:
     """GuestRun options for guest-side vfio-pci: the VFIO modules and an intel-iommu.
 
-    Use as `GuestRun(..., **viommu_options())`.  With KVM, interrupt remapping also
-    needs the split irqchip.
+    Use as `GuestRun(..., **viommu_options())`.
     """
-    machine = ("-machine", "kernel-irqchip=split") if "kvm" in pick_accel(accel) else ()
     return {
-        "early_qemu_args": (*machine, "-device", VIOMMU_DEVICE),
+        "early_qemu_args": ("-device", VIOMMU_DEVICE),
         "kernel_args": VIOMMU_KERNEL_ARGS,
         "extra_modules": VFIO_MODULES,
     }

@@ -32,6 +32,8 @@ import time
 from collections.abc import Sequence
 
 from vfu_platform import vfio_abi
+from vfu_platform.backends.vfio import VfioHostBackend, VfioHostError
+from vfu_platform.backends.vfio.container import IommuType
 from vfu_platform.testbench.guest import pci
 from vfu_platform.testbench.guest.report import Report, run
 
@@ -93,15 +95,15 @@ def fmt(values: Sequence[int]) -> str:
 class Regs:
     """32-bit little-endian registers of one BAR, through the backend (pread/pwrite of the vfio fd)."""
 
-    def __init__(self, backend: object, region: int) -> None:
+    def __init__(self, backend: VfioHostBackend, region: int) -> None:
         self.b = backend
         self.region = region
 
     def rd(self, off: int) -> int:
-        return int.from_bytes(self.b.read(self.region, off, 4), "little")  # type: ignore[attr-defined]
+        return int.from_bytes(self.b.read(self.region, off, 4), "little")
 
     def wr(self, off: int, value: int) -> None:
-        self.b.write(self.region, off, (value & 0xFFFF_FFFF).to_bytes(4, "little"))  # type: ignore[attr-defined]
+        self.b.write(self.region, off, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
 
 
 class Vectors:
@@ -185,10 +187,7 @@ def bind_vfio(r: Report, dev: pci.Device) -> None:
     r.require("vfio-bind", ok, f"driver={dev.driver()} group={group}")
 
 
-def open_backend(r: Report, dev: pci.Device) -> object:
-    from vfu_platform.backends.vfio import VfioHostBackend, VfioHostError
-    from vfu_platform.backends.vfio.container import IommuType
-
+def open_backend(r: Report, dev: pci.Device) -> VfioHostBackend:
     try:
         backend = VfioHostBackend(dev.bdf)
     except VfioHostError as e:
@@ -202,20 +201,20 @@ def open_backend(r: Report, dev: pci.Device) -> object:
     return backend
 
 
-def check_device(r: Report, backend: object) -> tuple[Regs, Regs]:
-    regions = backend.regions()  # type: ignore[attr-defined]
+def check_device(r: Report, backend: VfioHostBackend) -> tuple[Regs, Regs]:
+    regions = backend.regions()
     sizes = [regions[i].size for i in (BAR0, BAR1, BAR2)]
     r.info("vfio_regions", " ".join(f"{x.name}:{x.size:#x}/{x.flags:#x}" for x in regions))
     r.check("vfio-regions", sizes == [0x1000] * 3, f"bar0-2 sizes={','.join(hex(s) for s in sizes)}")
-    irqs = backend.irqs()  # type: ignore[attr-defined]
+    irqs = backend.irqs()
     msix = irqs[MSIX]
     r.info("vfio_irqs", " ".join(f"{q.name}:{q.count}/{q.flags:#x}" for q in irqs))
     r.require("vfio-msix-info", msix.count == VECTORS and bool(msix.flags & vfio_abi.IRQ_INFO_EVENTFD),
               f"count={msix.count} (want {VECTORS}) flags={msix.flags:#x}")
 
-    cmd = int.from_bytes(backend.read(CONFIG, PCI_COMMAND, 2), "little")  # type: ignore[attr-defined]
-    backend.write(CONFIG, PCI_COMMAND, (cmd | CMD_MEMORY | CMD_MASTER).to_bytes(2, "little"))  # type: ignore[attr-defined]
-    after = int.from_bytes(backend.read(CONFIG, PCI_COMMAND, 2), "little")  # type: ignore[attr-defined]
+    cmd = int.from_bytes(backend.read(CONFIG, PCI_COMMAND, 2), "little")
+    backend.write(CONFIG, PCI_COMMAND, (cmd | CMD_MEMORY | CMD_MASTER).to_bytes(2, "little"))
+    after = int.from_bytes(backend.read(CONFIG, PCI_COMMAND, 2), "little")
     r.require("config-command", after & (CMD_MEMORY | CMD_MASTER) == CMD_MEMORY | CMD_MASTER,
               f"before={cmd:#06x} after={after:#06x}")
 
@@ -229,9 +228,9 @@ def check_device(r: Report, backend: object) -> tuple[Regs, Regs]:
     return regs, page
 
 
-def enable_msix(r: Report, backend: object, page: Regs, vectors: Vectors) -> None:
+def enable_msix(r: Report, backend: VfioHostBackend, page: Regs, vectors: Vectors) -> None:
     t0 = time.monotonic()
-    backend.set_irq_triggers(MSIX, vectors.fds, 0)  # type: ignore[attr-defined]
+    backend.set_irq_triggers(MSIX, vectors.fds, 0)
     r.info("msix_enable_s", f"{time.monotonic() - t0:.2f}")
     route = page.rd(PAGE_IRQ_ROUTE)
     r.require("irq-route", route == ROUTE_MSIX, f"IRQ_ROUTE={route} (want {ROUTE_MSIX}: MSI-X)")
@@ -368,8 +367,8 @@ def level_refire(r: Report, regs: Regs, page: Regs, vectors: Vectors) -> None:
             f"again={fmt(vectors_of(again))} after-ack={fmt(vectors_of(tail))} active={fmt([active])}")
 
 
-def disable_msix(r: Report, backend: object, page: Regs) -> None:
-    backend.set_irq_trigger(MSIX, None)  # type: ignore[attr-defined]
+def disable_msix(r: Report, backend: VfioHostBackend, page: Regs) -> None:
+    backend.set_irq_trigger(MSIX, None)
     route = page.rd(PAGE_IRQ_ROUTE)
     r.check("msix-disable", route == 0, f"IRQ_ROUTE={route} after disable (want 0: INTx)")
 
@@ -410,7 +409,7 @@ def main(r: Report) -> None:
         r.guarded("msix-disable", lambda: disable_msix(r, backend, page))
     finally:
         vectors.close()
-        backend.close()  # type: ignore[attr-defined]
+        backend.close()
 
 
 if __name__ == "__main__":

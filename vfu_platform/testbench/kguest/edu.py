@@ -29,7 +29,7 @@ from vfu_platform._vfio import lib
 from vfu_platform.backends.base import BackendError, DmaError
 from vfu_platform.backends.vfio import Problem, VfioHostBackend, VfioHostError, sysfs
 from vfu_platform.backends.vfio.inspect import inspect_host, report_from_backend
-from vfu_platform.testbench.kguest import common, vfio_user_hook
+from vfu_platform.testbench.kguest import common, inspect_cli, vfio_user_hook
 from vfu_platform.testbench.kguest.checks import Checks
 
 EDU_IDS = (0x1234, 0x11E8)
@@ -338,6 +338,28 @@ def busy_names_holder(c: Checks, main: sysfs.SysfsDevice) -> None:
             and f"held by pid {pid}" in str(e), common.describe(e))
 
 
+def inspect_command(c: Checks, main: sysfs.SysfsDevice) -> None:
+    """`vfu-platform inspect` on the free device: the table and the JSON, passthrough plan included."""
+    name = main.name
+    inspect_cli.check_table(c, "inspect_cli_table", name, [
+        f"device      {name} (pci)", "driver      vfio-pci", "flags       PCI; IOMMU mode TYPE1v2; reset no",
+        "pci ids     1234:11e8", "plan        passthrough",
+        "BAR0        size 0x100000: region 0 (BAR0), mmapped (device fd at offset 0x0)",
+        "irq 0       INTX (level) -> INTx, forwarded", "config      forwarded"])
+    inspect_cli.check_json(c, "inspect_cli_json", name, _edu_report_ok,
+                           lambda r: f"device={r['device']['flags']} plan={r.get('plan')}")
+
+
+def _edu_report_ok(r: dict) -> bool:
+    plan = r["plan"] or {}
+    bar0 = (plan.get("bars") or [{}])[0]
+    return (r["error"] is None and "PCI" in r["device"]["flags"] and r["device"]["iommu"] == "TYPE1v2"
+            and plan.get("kind") == "passthrough"
+            and (bar0.get("bar"), bar0.get("size"), bar0.get("access"), bar0.get("mmap_offset")) == (0, 1 << 20, "mmap", 0)
+            and [q["name"] for q in plan["irqs"]][:2] == ["INTX", "MSI"] and plan["irqs"][0]["intx"]
+            and r["iommu_info"]["page_sizes"][0] == 4096)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
@@ -359,10 +381,11 @@ def main() -> int:
     for name, step in [("device", device_and_regions), ("registers", registers), ("intx", intx), ("msi", msi),
                        ("dma", dma), ("reset", reset), ("inspect", inspect_report)]:
         c.guard(name, lambda step=step: step(c, backend))
-    c.guard("vfio_user", lambda: vfio_user_hook.run(c, main_dev.name, "edu"))
     c.guard("busy_and_close", lambda: busy_and_close(c, backend, main_dev))
     c.guard("busy_names_holder", lambda: busy_names_holder(c, main_dev))
     backend.close()
+    c.guard("inspect_cli", lambda: inspect_command(c, main_dev))
+    c.guard("vfio_user", lambda: vfio_user_hook.run(c, main_dev.name, "edu"))  # the server opens it itself
     return c.finish(args.json)
 
 

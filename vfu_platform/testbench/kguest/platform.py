@@ -26,7 +26,7 @@ import msgspec
 from vfu_platform._vfio import lib
 from vfu_platform.backends.vfio import Problem, VfioHostBackend, VfioHostError, sysfs
 from vfu_platform.backends.vfio.inspect import report_from_backend
-from vfu_platform.testbench.kguest import common, vfio_user_hook
+from vfu_platform.testbench.kguest import common, inspect_cli, vfio_user_hook
 from vfu_platform.testbench.kguest.checks import Checks
 
 RTC_DR, RTC_MR, RTC_IMSC, RTC_MIS, RTC_ICR = 0x00, 0x04, 0x10, 0x18, 0x1C
@@ -246,6 +246,43 @@ def virtio_mmio(c: Checks, device: sysfs.SysfsDevice) -> None:
             and "iommu=auto" in str(e), common.describe(e))
 
 
+def pl031_inspect_command(c: Checks, device: sysfs.SysfsDevice) -> None:
+    """`vfu-platform inspect` on the free pl031: table and JSON with the bridge plan."""
+    import mmap as _mmap
+
+    bar = max(0x1000, _mmap.PAGESIZE)
+    name = device.name
+    inspect_cli.check_table(c, "pl031_inspect_cli_table", name, [
+        f"device      {name} (amba)", "driver      vfio-amba", "compatible  arm,pl031, arm,primecell",
+        "flags       AMBA; IOMMU mode NOIOMMU; reset no", "plan        bridge",
+        f"BAR0        size {bar:#x}: region 0 (", "mmapped (device fd at offset 0x0)",
+        f"BAR1        size {bar:#x}: IRQ page", "irq 0       ", "(level) -> INTx; MSI-X vector 0 with --irq-mode msix"])
+
+    def ok(r: dict) -> bool:
+        plan = r["plan"] or {}
+        bars = plan.get("bars") or []
+        return (r["error"] is None and r["compatible"] == ["arm,pl031", "arm,primecell"]
+                and r["device"]["iommu"] == "NOIOMMU" and plan.get("kind") == "bridge"
+                and [(b["bar"], b["source"], b["access"], b["region"]) for b in bars]
+                == [(0, "region", "mmap", 0), (1, "irq-page", "trapped", None)]
+                and plan["irq_page_bar"] == 1
+                and [(q["irq"], q["trigger"], q["intx"], q["msix_vector"]) for q in plan["irqs"]] == [(0, "level", True, 0)])
+
+    inspect_cli.check_json(c, "pl031_inspect_cli_json", name, ok, lambda r: f"plan={r.get('plan')}")
+
+
+def vmmio_inspect_command(c: Checks, device: sysfs.SysfsDevice) -> None:
+    """A 0x200-byte region: a page-sized BAR, trapped, the rest reads 0; an edge IRQ."""
+    def ok(r: dict) -> bool:
+        plan = r["plan"] or {}
+        bar0 = (plan.get("bars") or [{}])[0]
+        return (r["error"] is None and "PLATFORM" in r["device"]["flags"] and plan.get("kind") == "bridge"
+                and bar0.get("access") == "trapped" and bar0.get("region_size") == 0x200
+                and plan["irqs"][0]["trigger"] == "edge")
+
+    inspect_cli.check_json(c, "vmmio_inspect_cli_json", device.name, ok, lambda r: f"plan={r.get('plan')}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
@@ -272,12 +309,14 @@ def main() -> int:
             c.guard(name, lambda step=step: step(c, backend))
         c.guard("pl031_report", lambda: pl031_report_and_busy(c, backend, pl031))
         backend.close()
+        c.guard("pl031_inspect_cli", lambda: pl031_inspect_command(c, pl031))
         c.guard("vfio_user", lambda: vfio_user_hook.run(c, pl031.name, "pl031"))
         c.guard("noiommu_dma_unsafe_opt_in", lambda: unsafe_dma(c, pl031))
     c.guard("vmmio_wrong_driver", lambda: bind_with_fix(
         c, "vmmio_wrong_driver", vmmio,
         ["no driver", f"echo vfio-platform > /sys/bus/platform/devices/{vmmio.name}/driver_override"]))
     c.guard("virtio_mmio", lambda: virtio_mmio(c, vmmio))
+    c.guard("vmmio_inspect_cli", lambda: vmmio_inspect_command(c, vmmio))
     return c.finish(args.json)
 
 

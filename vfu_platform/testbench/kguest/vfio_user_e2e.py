@@ -11,10 +11,16 @@ PCI function; this process connects with `VfioUserClient` and checks that
   when the server offers one, maps the real MMIO;
 * a real level IRQ of the pl031 arrives on the client's INTx eventfd, the host
   line stays masked until the client's UNMASK (the EOI), then fires again;
+* in no-IOMMU mode a DMA_MAP with an fd is refused (EPERM: the server was not
+  started with --unsafe-noiommu-dma), one without an fd is accepted (nothing to
+  program; traced as unreachable by the device);
+* DEVICE_RESET succeeds although the pl031 has no reset (reported in the trace);
 * SIGTERM stops the server cleanly.
 """
 from __future__ import annotations
 
+import errno
+import json
 import mmap
 import os
 import signal
@@ -38,6 +44,16 @@ CONFIG = vfio_abi.PCI_CONFIG_REGION_INDEX
 TRIGGER_EVENTFD = vfio_abi.IRQ_SET_ACTION_TRIGGER | vfio_abi.IRQ_SET_DATA_EVENTFD
 UNMASK_NONE = vfio_abi.IRQ_SET_ACTION_UNMASK | vfio_abi.IRQ_SET_DATA_NONE
 COMMAND_MEMORY = 0x2
+TRACE = "/run/vfu-pl031-trace.jsonl"
+
+
+def trace_events(name: str) -> list[dict]:
+    try:
+        with open(TRACE, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []
+    return [r.get("fields", {}) for r in records if r.get("kind") == "event" and r.get("event") == name]
 
 
 def run_pl031(c: Checks, device: str, socket_path: str = "/run/vfu-pl031.sock") -> None:
@@ -46,7 +62,7 @@ def run_pl031(c: Checks, device: str, socket_path: str = "/run/vfu-pl031.sock") 
     log_path = "/run/vfu-serve.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "vfu_platform", "serve", "--host", device,
-                                   "--socket", socket_path], stdout=log, stderr=subprocess.STDOUT)
+                                   "--socket", socket_path, "--trace", TRACE], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(socket_path) and server.poll() is None and time.monotonic() < deadline:
@@ -128,3 +144,31 @@ def _drive(c: Checks, client: VfioUserClient) -> None:
         client.set_irqs(INTX, UNMASK_NONE, 0, 1)
     finally:
         os.close(efd)
+    _dma_and_reset(c, client)
+
+
+def _dma_and_reset(c: Checks, client: VfioUserClient) -> None:
+    from vfu_platform.client import VfioUserError
+
+    buf = common.DmaBuffer(4096, "e2e-dma")
+    try:
+        try:
+            client.dma_map(0x100000, 4096, fd=buf.fd)
+            refused = None
+        except VfioUserError as e:
+            refused = e.errno
+    finally:
+        buf.close()
+    traced = trace_events("dma-map-refused")
+    c.check("e2e_dma_noiommu_refused", refused == errno.EPERM and bool(traced),
+            f"errno={refused} trace={traced[-1:]}")
+    client.dma_map(0x200000, 4096)  # no fd: nothing to program, accepted
+    unreachable = trace_events("dma-unreachable")
+    client.dma_unmap(0x200000, 4096)
+    c.check("e2e_dma_without_fd_accepted", any(e.get("iova") == 0x200000 for e in unreachable),
+            f"trace={unreachable}")
+    client.reset()
+    reported = trace_events("device-reset-unsupported")
+    ids = [client.read32(0, 0xFE0 + 4 * i) & 0xFF for i in range(8)]
+    c.check("e2e_reset_reported", bool(reported) and ids == PL031_ID,
+            f"DEVICE_RESET answered; trace={reported[-1:]}")

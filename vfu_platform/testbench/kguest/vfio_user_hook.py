@@ -11,10 +11,9 @@ SCM_RIGHTS, so server and client must share a kernel):
 It runs when the guest's kernel command line has `vfu.e2e=1`
 (`KernelBench.run_*(vfio_user=True)`, `python -m vfu_platform.testbench.kernel
 --vfio-user`); otherwise it reports a SKIP, so the kernel suite does not depend
-on the server's progress.  Scenarios: pl031 (vfio_user_e2e.run_pl031).  A PCI
-host device (edu) through the bridge is not a scenario yet: the bridge plans
-platform regions as BARs, and a PCI function's own BARs/config would need a
-pass-through plan first.
+on the server's progress.  Scenarios: pl031 through the bridge
+(vfio_user_e2e.run_pl031) and edu, a PCI function, passed through as itself
+(vfio_user_edu.run_edu).
 """
 from __future__ import annotations
 
@@ -33,6 +32,11 @@ def run(c: Checks, device: str, scenario: str) -> None:
     """Run `scenario` against `device` (closed by the caller: the server opens it itself)."""
     if not enabled():
         c.skip("vfio_user_roundtrip", "not enabled (kernel command line vfu.e2e=1)")
+        return
+    if scenario == "edu":
+        from vfu_platform.testbench.kguest import vfio_user_edu
+
+        vfio_user_edu.run_edu(c, device)
         return
     if scenario != "pl031":
         c.skip("vfio_user_roundtrip", f"no vfio-user scenario for {scenario} yet")
