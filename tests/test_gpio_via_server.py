@@ -94,9 +94,10 @@ def test_timer_one_shot_raises_its_line(client: VfioUserClient, eventfds) -> Non
     (trigger,) = eventfds(1)
     install_intx(client, trigger)
     client.write32(REGS, gpio.REG_TIMER_LINE, 2)
-    client.write32(REGS, gpio.REG_TIMER_DELAY_US, 2000)
+    client.write32(REGS, gpio.REG_TIMER_DELAY_US, 300_000)
     client.write32(REGS, gpio.REG_TIMER_CTRL, gpio.TIMER_ENABLE)
-    assert client.read32(REGS, gpio.REG_TIMER_CTRL) == gpio.TIMER_ENABLE
+    assert client.read32(REGS, gpio.REG_TIMER_CTRL) == gpio.TIMER_ENABLE  # armed, not yet expired
+    trigger.expect_none(what="timer IRQ before the delay")
     trigger.expect_one(what="timer IRQ")
     assert client.read32(REGS, gpio.REG_STATUS) == 0b100
     assert irq_reg(client, "gpio", irq_page.IRQ_ACTIVE) == 2

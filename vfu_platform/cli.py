@@ -145,12 +145,13 @@ def serve(args: argparse.Namespace) -> int:
     options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
                              write_multiple=config.server.write_multiple)
     server = Server(args.socket, bridge, options, tracer)
+    server.install_signal_handlers()  # before the socket exists: an early SIGTERM is a clean stop
     try:
         server.listen()
     except SocketPathError as exc:
+        server.close()
         bridge.close()
         raise UsageError(str(exc)) from None
-    server.install_signal_handlers()
     print(f"vfu-platform: serving {model} on {args.socket}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

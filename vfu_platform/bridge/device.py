@@ -275,7 +275,9 @@ class PciBridge:
         if index == _INTX:
             return eventfd | vfio_abi.IRQ_INFO_MASKABLE | vfio_abi.IRQ_INFO_AUTOMASKED, 1
         if index == _MSIX:
-            return eventfd | vfio_abi.IRQ_INFO_NORESIZE, (self.msix.vectors if self.msix else 0)
+            # No NORESIZE: vectors may be added one at a time (QEMU would otherwise
+            # tear the whole index down and set it up again for every new vector).
+            return eventfd, (self.msix.vectors if self.msix else 0)
         if index == _ERR:
             return eventfd, 1
         return eventfd, 0  # MSI, REQ

@@ -77,15 +77,23 @@ class Server:
     def listen(self) -> None:
         check_socket_path(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket file is born 0600: no window for others to connect
+        # Bind under a private name and rename into place once listening: whoever sees
+        # the socket file can connect at once.  Born 0600: no window for others.
+        staging = f"{self.path}.{os.getpid()}.tmp"
+        old_umask = os.umask(0o177)
         try:
-            listener.bind(self.path)
+            listener.bind(staging)
+            listener.listen(4)
+            os.rename(staging, self.path)
         except OSError as exc:
             listener.close()
-            raise SocketPathError(f"cannot bind {self.path}: {exc.strerror}") from None
+            try:
+                os.unlink(staging)
+            except FileNotFoundError:
+                pass
+            raise SocketPathError(f"cannot listen on {self.path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        listener.listen(4)
         listener.setblocking(False)
         self._listener = listener
         self.loop.add_reader(listener.fileno(), self._on_connection)

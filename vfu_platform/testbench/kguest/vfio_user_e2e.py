@@ -144,6 +144,9 @@ def _drive(c: Checks, client: VfioUserClient) -> None:
         client.set_irqs(INTX, UNMASK_NONE, 0, 1)
     finally:
         os.close(efd)
+    from vfu_platform.testbench.kguest import irq_bypass_e2e
+
+    c.guard("irq_bypass", lambda: irq_bypass_e2e.run(c, client))
     _dma_and_reset(c, client)
 
 
