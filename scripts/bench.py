@@ -292,8 +292,11 @@ def run_client(client: Path, server: ServerProcess, case: Case, args: argparse.N
     for attempt in range(4):
         before_srv = cpu_time(server.pid)
         before_cli = children_cpu_us()
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
-                                check=False)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+                                    check=False)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{case.name}: client still running after {timeout:.0f} s\nserver log:\n{server.log()}") from None
         after_srv = cpu_time(server.pid)
         after_cli = children_cpu_us()
         if result.returncode == 3 and attempt < 3:  # server still busy with the previous client: retry
@@ -557,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         binaries = build(args.build_dir, args.cc)
-        with tempfile.TemporaryDirectory(prefix="vfu-bench-") as tmp:
+        # Unix socket paths are limited to 107 bytes: keep the work directory short.
+        short_tmp = "/tmp" if len(tempfile.gettempdir()) > 60 else None
+        with tempfile.TemporaryDirectory(prefix="vfu-bench-", dir=short_tmp) as tmp:
             work = Path(tmp)
             if args.profile:
                 data = run_profile(args, binaries, work)

@@ -134,7 +134,7 @@ class ServerProcess:
         # The session ends when the server sees EOF; wait until two reads agree.
         while time.monotonic() < deadline:
             now = self.resources()
-            if now == previous and not _has_client_socket(now, self):
+            if now == previous and not _has_client_socket(now):
                 return now
             previous = now
             time.sleep(0.02)
@@ -165,7 +165,7 @@ def _normalise_fd(target: str) -> str:
     return target
 
 
-def _has_client_socket(res: Resources, server: ServerProcess) -> bool:
+def _has_client_socket(res: Resources) -> bool:
     # The idle server holds exactly one socket: the listener.
     return res.fds.count("socket") > 1
 

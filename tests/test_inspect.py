@@ -49,8 +49,8 @@ def platform_report(regions: list[RegionReport], irqs: list[IrqReport], **device
                   driver="vfio-amba", vfio_driver="vfio-amba", iommu_group=0, group_node="/dev/vfio/noiommu-0",
                   group_members=[], iommu="NOIOMMU", flags=["AMBA"], num_regions=len(regions), num_irqs=len(irqs))
     fields.update(device)
-    return HostReport(device=DeviceReport(**fields), compatible=["arm,pl031", "arm,primecell"],  # type: ignore[arg-type]
-                      regions=regions, irqs=irqs)
+    device_report = DeviceReport(**fields)  # type: ignore[arg-type]
+    return HostReport(device=device_report, compatible=["arm,pl031", "arm,primecell"], regions=regions, irqs=irqs)
 
 
 def level(index: int = 0, name: str = "irq0") -> IrqReport:

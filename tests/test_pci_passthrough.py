@@ -74,7 +74,8 @@ def test_device_info_is_the_hosts(client: VfioUserClient) -> None:
 
 
 def test_device_info_reports_reset_only_if_the_host_can(tmp_path: Path) -> None:
-    with serve_in_thread(PciPassthrough(FakeHostBackend(can_reset=True)), tmp_path) as running:  # type: ignore[arg-type]
+    device = PciPassthrough(FakeHostBackend(can_reset=True))  # type: ignore[arg-type]
+    with serve_in_thread(device, tmp_path) as running:
         with VfioUserClient.connect(running.socket_path) as c:
             assert c.device_info().flags == vfio_abi.DEVICE_FLAGS_PCI | vfio_abi.DEVICE_FLAGS_RESET
 
@@ -254,7 +255,8 @@ def test_client_loss_unwires_resets_and_unmaps(fake: FakeHostBackend, tmp_path: 
 
 def test_reset_on_client_loss_can_be_turned_off(fake: FakeHostBackend, tmp_path: Path) -> None:
     fake.device_flags |= vfio_abi.DEVICE_FLAGS_RESET
-    with serve_in_thread(PciPassthrough(fake, PassthroughOptions(reset_on_client_loss=False)), tmp_path) as running:  # type: ignore[arg-type]
+    device = PciPassthrough(fake, PassthroughOptions(reset_on_client_loss=False))  # type: ignore[arg-type]
+    with serve_in_thread(device, tmp_path) as running:
         VfioUserClient.connect(running.socket_path).close()
         wait_for(lambda: running.session_closed and running.server.sessions_served == 1)
         time.sleep(0.05)

@@ -48,7 +48,9 @@ class Tracer:
         return cls(open(path, "ab", buffering=1 << 16))
 
     def _write(self, record: TraceRecord) -> None:
+        # Flushed line by line: a trace is read most when the server died.
         self._stream.write(self._encoder.encode(record) + b"\n")
+        self._stream.flush()
 
     def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "") -> None:
         self._write(

@@ -19,6 +19,8 @@ _FD_SIZE = array.array("i").itemsize
 # Room for as many fds as Linux can pass in one message: a peer sending more than
 # it may (max_msg_fds) then gets a clear EINVAL instead of a truncated control message.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * _FD_SIZE)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag arithmetic is slow
+_NO_FDS: list[int] = []
 #: A peer that does not take a message within this time is gone.  QEMU gives up on a
 #: reply after 5 s (x-msg-timeout) anyway, and a single-threaded server blocked in
 #: send() would serve nothing else, not even SIGTERM.
@@ -50,8 +52,8 @@ class Channel:
             raise ConnectionClosed(str(exc)) from exc
         finally:
             view.release()
-        fds = _collect_fds(ancdata)
-        if msg_flags & socket.MSG_CTRUNC:
+        fds = _collect_fds(ancdata) if ancdata else _NO_FDS
+        if msg_flags & _MSG_CTRUNC:
             self.truncated_fds = True
         if nbytes == 0:
             for fd in fds:

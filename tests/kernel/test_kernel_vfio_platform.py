@@ -43,6 +43,9 @@ EXPECTED = [
 E2E_EXPECTED = [
     "e2e_server_started", "e2e_device_info_pci", "e2e_region_read_ids", "e2e_region_mmap", "e2e_intx_real_irq",
     "e2e_dma_noiommu_refused", "e2e_dma_without_fd_accepted", "e2e_reset_reported", "e2e_server_clean_exit",
+    # The IRQ bypass path against the mediated one, counted in server wake-ups (IRQ page IRQ_WAKEUPS).
+    "bypass_mediated_one_wakeup_per_irq", "bypass_no_wakeup_per_irq", "bypass_automask_until_resample",
+    "bypass_off_mediated_again",
 ]
 E2E = os.environ.get("VFU_KERNEL_E2E", "1") != "0"
 

@@ -150,6 +150,12 @@ class PciBridge:
         self._bar_region: dict[int, int | None] = {}
         for bar in self.plan.bars:
             self._bar_region[bar.index] = None if bar.region is None else platform_regions[bar.region].index
+        # The hot path: BAR -> (platform region, its real size) for accesses that need no slack handling.
+        self._direct: dict[int, tuple[int, int]] = {
+            bar.index: (platform_regions[bar.region].index, platform_regions[bar.region].size)
+            for bar in self.plan.bars
+            if bar.region is not None
+        }
         self._region_sizes = list(self.plan.region_sizes()) + [0, CONFIG_SPACE_SIZE, 0]
         # Line trigger eventfds (bridge <-> backend), created once, kept across clients.
         self._line_fds: list[int] = []
@@ -284,10 +290,16 @@ class PciBridge:
 
     # ------------------------------------------------------------ region access
     def region_read(self, index: int, offset: int, count: int) -> bytes:
-        if index == _CONFIG:
+        direct = self._direct.get(index)
+        if direct is not None and offset + count <= direct[1]:
+            data = self.backend.read(direct[0], offset, count)
+        elif index == _CONFIG:
             return self.config.read(offset, count)
-        data = self._bar_read(index, offset, count)
-        self._apply(self.engine.trapped_access())
+        else:
+            data = self._bar_read(index, offset, count)
+        actions = self.engine.trapped_access()
+        if actions:  # nothing to do is the common case: skip the bookkeeping
+            self._apply(actions)
         return data
 
     def _bar_read(self, index: int, offset: int, count: int) -> bytes:
@@ -315,13 +327,20 @@ class PciBridge:
                     if offset <= vector * ENTRY_SIZE + _VECTOR_CONTROL < end:
                         self._apply(self.engine.msix_vector_mask(vector, self.msix.masked(vector)))
         else:
-            span = self.plan.locate(index, offset, len(data))
-            if span is not SLACK:
-                platform_index = self._bar_region[index]
-                assert platform_index is not None
-                self.backend.write(platform_index, span.offset, data[: span.length])
-                self._check_acks(platform_index, span.offset, data[: span.length])
-        self._apply(self.engine.trapped_access())
+            direct = self._direct.get(index)
+            if direct is not None and offset + len(data) <= direct[1]:
+                self.backend.write(direct[0], offset, data)
+                self._check_acks(direct[0], offset, data)
+            else:
+                span = self.plan.locate(index, offset, len(data))
+                if span is not SLACK:
+                    platform_index = self._bar_region[index]
+                    assert platform_index is not None
+                    self.backend.write(platform_index, span.offset, data[: span.length])
+                    self._check_acks(platform_index, span.offset, data[: span.length])
+        actions = self.engine.trapped_access()
+        if actions:
+            self._apply(actions)
 
     def _check_acks(self, region: int, offset: int, data: bytes) -> None:
         acks = self._acks_by_region.get(region)

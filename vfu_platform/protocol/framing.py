@@ -16,11 +16,16 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from vfu_platform.protocol.constants import HEADER_SIZE
+from vfu_platform.protocol.constants import HEADER_SIZE, Command, MsgFlags
 from vfu_platform.protocol.errors import FramingError
 from vfu_platform.protocol.header import HEADER, Header
 
 _COMPACT_BELOW = 4096
+_unpack_header = HEADER.unpack_from
+_ACCESS_MIN = HEADER_SIZE + 16  # header + offset/region/count
+_REGION_READ = int(Command.REGION_READ)
+_REGION_WRITE = int(Command.REGION_WRITE)
+_NO_REPLY = int(MsgFlags.NO_REPLY)
 
 
 class Frame(NamedTuple):
@@ -136,6 +141,32 @@ class ReceiveBuffer:
         self._advance_scan(msg_start, header.size)
         self._borrowed += 1
         return Frame(header, body, self._fds.pop(msg_start, []))
+
+    def take_access(self) -> tuple[int, int, int, int, int] | None:
+        """Fast path: the next message if it is a whole REGION_READ / REGION_WRITE.
+
+        Returns (msg_id, command, size, flags, index of the message in `data`), or
+        None when the general path must run (fds waiting, a discard, another
+        command, other flags, not all here).  Nothing is borrowed: the caller copies
+        what it needs out of `data` before it lets anything receive again.
+        """
+        start = self._start
+        if self._fds or self._discard or self._end - start < _ACCESS_MIN:
+            return None
+        msg_id, command, size, flags, _error = _unpack_header(self._buf, start)
+        if (command != _REGION_READ and command != _REGION_WRITE) or flags & ~_NO_REPLY:
+            return None
+        if size < _ACCESS_MIN or size > self._end - start or size > self.max_message_size:
+            return None
+        self._start = start + size
+        msg_start = self._base + start
+        if self._scan <= msg_start:
+            self._scan, self._located = msg_start + size, msg_start
+        return msg_id, command, size, flags, start
+
+    @property
+    def data(self) -> bytearray:
+        return self._buf
 
     def _advance_scan(self, msg_start: int, size: int) -> None:
         if self._scan <= msg_start:

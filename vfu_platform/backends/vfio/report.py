@@ -184,7 +184,8 @@ def passthrough_plan(report: HostReport) -> PlanReport:
         if q.index == vfio_abi.PCI_INTX_IRQ_INDEX:
             route = "INTx, forwarded: the host automasks it until the client's UNMASK"
         else:
-            route = f"{q.name} ({q.count} vector{'s' if q.count != 1 else ''}), forwarded: client eventfds go to the host"
+            vectors = f"{q.count} vector{'s' if q.count != 1 else ''}"
+            route = f"{q.name} ({vectors}), forwarded: client eventfds go to the host"
         irqs.append(PlanIrq(irq=q.index, name=q.name, trigger=q.trigger, route=route,
                             intx=q.index == vfio_abi.PCI_INTX_IRQ_INDEX))
     return PlanReport(

@@ -178,7 +178,7 @@ def _config(c: Checks, client: VfioUserClient) -> None:
     want = vfio_abi.REGION_FLAG_READ | vfio_abi.REGION_FLAG_WRITE | vfio_abi.REGION_FLAG_MMAP
     c.check("pt_region_info", bar0.size == 1 << 20 and bar0.flags & want == want and fd is not None
             and bar0.offset == 0 and cfg.size >= 256 and cfg_fd is None and not cfg.flags & vfio_abi.REGION_FLAG_MMAP,
-            f"BAR0 size={bar0.size:#x} flags={bar0.flags:#x} offset={bar0.offset:#x} fd={'yes' if fd is not None else 'no'}"
+            f"BAR0 size={bar0.size:#x} flags={bar0.flags:#x} offset={bar0.offset:#x} fd={fd is not None}"
             f" config size={cfg.size:#x}")
     vendor, device = struct.unpack("<HH", client.region_read(CONFIG, 0, 4))
     pin = client.region_read(CONFIG, 0x3D, 1)[0]
@@ -195,7 +195,8 @@ def _config(c: Checks, client: VfioUserClient) -> None:
     command = struct.unpack("<H", client.region_read(CONFIG, 4, 2))[0]
     client.region_write(CONFIG, 4, struct.pack("<H", command | CMD_MEMORY | CMD_MASTER))
     now = struct.unpack("<H", client.region_read(CONFIG, 4, 2))[0]
-    c.check("pt_command_forwarded", now & (CMD_MEMORY | CMD_MASTER) == CMD_MEMORY | CMD_MASTER, f"{command:#x} -> {now:#x}")
+    c.check("pt_command_forwarded", now & (CMD_MEMORY | CMD_MASTER) == CMD_MEMORY | CMD_MASTER,
+            f"{command:#x} -> {now:#x}")
 
 
 def _mmap(c: Checks, client: VfioUserClient, edu: EduClient) -> None:
@@ -276,8 +277,9 @@ def _dma(c: Checks, client: VfioUserClient, edu: EduClient) -> None:
         unmaps = [(e["iova"], e.get("reason")) for e in trace_events("dma-iommu-unmap")]
         dst.map[:DMA_LENGTH] = bytes(DMA_LENGTH)
         ok3 = edu.dma(DMA_BUFFER, DST_IOVA, DMA_LENGTH, to_ram=True)  # faults in the IOMMU now
-        c.check("pt_dma_unmapped", (DST_IOVA, "DMA_UNMAP") in unmaps and ok3 and dst.map[:DMA_LENGTH] == bytes(DMA_LENGTH),
-                f"traced unmaps {unmaps}; copy after unmap changed the page: {dst.map[:DMA_LENGTH] != bytes(DMA_LENGTH)}")
+        untouched = dst.map[:DMA_LENGTH] == bytes(DMA_LENGTH)
+        c.check("pt_dma_unmapped", (DST_IOVA, "DMA_UNMAP") in unmaps and ok3 and untouched,
+                f"traced unmaps {unmaps}; a copy to the unmapped IOVA left the page untouched: {untouched}")
         client.dma_unmap(SRC_IOVA, 4096)
         # A window without an fd: accepted, but the device cannot reach it (traced).
         client.dma_map(0x300000, 4096)
