@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from vfu_platform import vfio_abi
-from vfu_platform.backends.base import BackendError, DeviceContext, DmaError
+from vfu_platform.backends.base import BackendError, DeviceContext
 from vfu_platform.backends.sim import (
     EduDevice,
     GpioDevice,
@@ -22,60 +22,9 @@ from vfu_platform.backends.sim import (
     known_models,
 )
 from vfu_platform.backends.sim.device import natural_chunks
+from sim_doubles import ManualScheduler, RamDma, take
 
 # ---- test doubles -----------------------------------------------------------
-
-
-class ManualTimer:
-    def __init__(self, when: float, seq: int, callback: Callable[[], None]) -> None:
-        self.when, self.seq, self.callback, self.cancelled = when, seq, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualScheduler:
-    """A virtual clock: callbacks run only inside `advance`."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.timers: list[ManualTimer] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> ManualTimer:
-        timer = ManualTimer(self.now + delay, len(self.timers), callback)
-        self.timers.append(timer)
-        return timer
-
-    def pending(self) -> int:
-        return sum(not t.cancelled for t in self.timers)
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while due := [t for t in self.timers if not t.cancelled and t.when <= end]:
-            timer = min(due, key=lambda t: (t.when, t.seq))
-            timer.cancelled = True
-            self.now = timer.when
-            timer.callback()
-        self.now = end
-
-
-class RamDma:
-    """Client memory: a bytearray at IOVA 0."""
-
-    def __init__(self, size: int) -> None:
-        self.ram = bytearray(size)
-
-    def _check(self, iova: int, size: int) -> None:
-        if iova < 0 or iova + size > len(self.ram):
-            raise DmaError(errno.EFAULT, f"{iova:#x}+{size} is not mapped")
-
-    def read(self, iova: int, size: int) -> bytes:
-        self._check(iova, size)
-        return bytes(self.ram[iova : iova + size])
-
-    def write(self, iova: int, data: bytes) -> None:
-        self._check(iova, len(data))
-        self.ram[iova : iova + len(data)] = data
 
 
 @pytest.fixture
@@ -90,14 +39,6 @@ def eventfds() -> Iterator[Callable[[], int]]:
     yield make
     for fd in opened:
         os.close(fd)
-
-
-def take(fd: int) -> int:
-    """The eventfd's count since the last take (0 if it was not signalled)."""
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
 
 
 def open_fds() -> int:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from vfu_platform import vfio_abi
-from vfu_platform.backends.base import AckRegister, DeviceContext, DmaError
+from vfu_platform.backends.base import AckRegister, DeviceContext
 from vfu_platform.backends.sim.edu import (
     DMA_BUFFER_ADDR,
     DMA_CMD_IRQ,
@@ -21,62 +20,9 @@ from vfu_platform.backends.sim.edu import (
     EduDevice,
     factorial_u32,
 )
+from sim_doubles import ManualScheduler, RamDma, take
 
 # ---- test doubles -----------------------------------------------------------
-
-
-class ManualTimer:
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualScheduler:
-    """A virtual clock: callbacks run only inside `advance`."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.timers: list[ManualTimer] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> ManualTimer:
-        timer = ManualTimer(self.now + delay, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while due := [t for t in self.timers if not t.cancelled and t.when <= end]:
-            timer = min(due, key=lambda t: t.when)
-            timer.cancelled = True
-            self.now = timer.when
-            timer.callback()
-        self.now = end
-
-
-class RamDma:
-    """Client memory: a bytearray at IOVA 0."""
-
-    def __init__(self, size: int) -> None:
-        self.ram = bytearray(size)
-
-    def read(self, iova: int, size: int) -> bytes:
-        if iova + size > len(self.ram):
-            raise DmaError(errno.EFAULT, f"{iova:#x}+{size} is not mapped")
-        return bytes(self.ram[iova : iova + size])
-
-    def write(self, iova: int, data: bytes) -> None:
-        if iova + len(data) > len(self.ram):
-            raise DmaError(errno.EFAULT, f"{iova:#x}+{len(data)} is not mapped")
-        self.ram[iova : iova + len(data)] = data
-
-
-def take(fd: int) -> int:
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
 
 
 class Edu:

@@ -5,48 +5,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import AckRegister, DeviceContext
 from vfu_platform.backends.sim.gpio import GpioDevice, line_register
+from sim_doubles import ManualScheduler, take
 
 # ---- test doubles -----------------------------------------------------------
-
-
-class ManualTimer:
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualScheduler:
-    """A virtual clock: callbacks run only inside `advance`."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.timers: list[ManualTimer] = []
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> ManualTimer:
-        timer = ManualTimer(self.now + delay, callback)
-        self.timers.append(timer)
-        return timer
-
-    def pending(self) -> int:
-        return sum(not t.cancelled for t in self.timers)
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while due := [t for t in self.timers if not t.cancelled and t.when <= end + 1e-12]:
-            timer = min(due, key=lambda t: t.when)
-            timer.cancelled = True
-            self.now = timer.when
-            timer.callback()
-        self.now = end
 
 
 class NoDma:
@@ -55,13 +23,6 @@ class NoDma:
 
     def write(self, iova: int, data: bytes) -> None:
         raise AssertionError("gpio does no DMA")
-
-
-def take(fd: int) -> int:
-    try:
-        return os.eventfd_read(fd)
-    except BlockingIOError:
-        return 0
 
 
 class Gpio:

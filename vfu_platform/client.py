@@ -23,7 +23,7 @@ from vfu_platform.protocol.caps import Capabilities
 from vfu_platform.protocol.codec import encode, encode_error, encode_reply
 from vfu_platform.protocol.constants import COMMAND_NAMES, HEADER_SIZE, Command, MsgFlags
 from vfu_platform.protocol.header import Header
-from vfu_platform.transport import Channel, ConnectionClosed
+from vfu_platform.transport import Channel
 
 DEFAULT_TIMEOUT = 5.0
 

@@ -9,7 +9,7 @@ Every failure is a `ProtocolError` with the errno libvfio-user answers with.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Union
 
 from vfu_platform import vfio_abi

@@ -4,7 +4,7 @@
 # /init of the vfu-platform test guest (busybox ash, PID 1).
 #
 # Mounts the host's root read-only over virtio-9p (mount tag "hostroot") at /host,
-# gives it /proc, /sys, /dev and writable /tmp and /run, and runs one check program
+# gives it /proc, /sys, /dev and a writable /run (TMPDIR=/run/tmp), and runs one check program
 # with the HOST's Python chrooted into /host, so the checkout and its venv are used
 # as they are. Prints the program's output on the console, then powers off.
 #
@@ -54,13 +54,15 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 mount -t proc proc /host/proc &&
 mount -t sysfs sysfs /host/sys &&
 mount -t devtmpfs devtmpfs /host/dev &&
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp &&
-mount -t tmpfs tmpfs /host/run || fail "mounts inside /host failed"
+mount -t tmpfs tmpfs /host/run &&
+mkdir -m 1777 /host/run/tmp || fail "mounts inside /host failed"
+# Never a tmpfs over /host/tmp: the checkout and its venv may live under the host's /tmp
+# (CI clones there); the program's scratch space is /run/tmp (TMPDIR) instead.
 [ -n "$RUN" ] && [ -n "$PY" ] || fail "vfu.run= and vfu.python= are required"
 # (an absolute symlink, as a venv's python is, only resolves inside the chroot)
 [ -e "/host$PY" ] || [ -L "/host$PY" ] || fail "no interpreter $PY in the host root"
 
 echo "VFU-RUN $RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
-HOME=/root PYTHONPATH=$SRC PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+HOME=/root TMPDIR=/run/tmp PYTHONPATH=$SRC PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     chroot /host "$PY" -B -m "$RUN"
 finish $?

@@ -7,10 +7,18 @@ import json
 import mmap
 import os
 import select
-from collections.abc import Callable
-from typing import Any
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from vfu_platform.backends.vfio import VfioHostError
+
+if TYPE_CHECKING:
+    from vfu_platform.testbench.kguest.checks import Checks
 
 NOBODY = 65534
 
@@ -110,3 +118,47 @@ class DmaBuffer:
     def close(self) -> None:
         self.map.close()
         os.close(self.fd)
+
+
+def tail(path: str, lines: int = 3) -> str:
+    """The last lines of a log, on one line (for a check's detail)."""
+    try:
+        with open(path, errors="replace") as f:
+            return " / ".join(f.read().strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextmanager
+def served_host_device(c: "Checks", prefix: str, device: str, socket_path: str, trace: str,
+                       log_path: str) -> Iterator[subprocess.Popen[bytes] | None]:
+    """`vfu-platform serve --host DEVICE` as a subprocess in this guest.
+
+    Yields the server process once its socket exists (None if it never came up),
+    and stops it with SIGTERM at the end.  Reports `<prefix>_server_started` and
+    `<prefix>_server_clean_exit` (exit 0 and the socket removed).
+    """
+    for path in (trace, socket_path):
+        if os.path.exists(path):
+            os.unlink(path)
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "vfu_platform", "serve", "--host", device,
+                                   "--socket", socket_path, "--trace", trace, "-v"],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(socket_path) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = os.path.exists(socket_path)
+        c.check(f"{prefix}_server_started", started, f"rc={server.poll()} log={tail(log_path)}")
+        yield server if started else None
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = server.wait()
+        c.check(f"{prefix}_server_clean_exit", rc == 0 and not os.path.exists(socket_path),
+                f"rc={rc} log={tail(log_path)}")

@@ -23,11 +23,7 @@ import errno
 import json
 import mmap
 import os
-import signal
 import struct
-import subprocess
-import sys
-import time
 from typing import TYPE_CHECKING
 
 from vfu_platform import vfio_abi
@@ -59,41 +55,16 @@ def trace_events(name: str) -> list[dict]:
 def run_pl031(c: Checks, device: str, socket_path: str = "/run/vfu-pl031.sock") -> None:
     from vfu_platform.client import VfioUserClient  # only when the scenario runs
 
-    log_path = "/run/vfu-serve.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "vfu_platform", "serve", "--host", device,
-                                   "--socket", socket_path, "--trace", TRACE], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(socket_path) and server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        started = os.path.exists(socket_path)
-        c.check("e2e_server_started", started, f"rc={server.poll()} log={_tail(log_path)}")
-        if not started:
+    with common.served_host_device(c, "e2e", device, socket_path, TRACE, "/run/vfu-serve.log") as server:
+        if server is None:
             return
         client = VfioUserClient.connect(socket_path, timeout=20)
         try:
             _drive(c, client)
         finally:
             client.close()
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = server.wait()
-        c.check("e2e_server_clean_exit", rc == 0 and not os.path.exists(socket_path),
-                f"rc={rc} log={_tail(log_path)}")
 
 
-def _tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return " / ".join(f.read().strip().splitlines()[-3:])
-    except OSError:
-        return ""
 
 
 def _drive(c: Checks, client: VfioUserClient) -> None:

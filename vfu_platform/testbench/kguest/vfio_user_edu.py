@@ -27,10 +27,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import signal
 import struct
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -100,30 +97,13 @@ def trace_events(name: str | None = None) -> list[dict[str, Any]]:
     return events
 
 
-def _tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return " / ".join(f.read().strip().splitlines()[-3:])
-    except OSError:
-        return ""
 
 
 def run_edu(c: Checks, device: str) -> None:
     from vfu_platform.client import VfioUserClient  # only when the scenario runs
 
-    for path in (TRACE, SOCKET):
-        if os.path.exists(path):
-            os.unlink(path)
-    with open(LOG, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "vfu_platform", "serve", "--host", device,
-                                   "--socket", SOCKET, "--trace", TRACE, "-v"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(SOCKET) and server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        started = os.path.exists(SOCKET)
-        c.check("pt_server_started", started, f"rc={server.poll()} log={_tail(LOG)}")
-        if not started:
+    with common.served_host_device(c, "pt", device, SOCKET, TRACE, LOG) as server:
+        if server is None:
             return
         client = VfioUserClient.connect(SOCKET, timeout=20)
         try:
@@ -133,15 +113,6 @@ def run_edu(c: Checks, device: str) -> None:
         finally:
             client.close()
         _next_client(c, VfioUserClient, server.pid)
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = server.wait()
-        c.check("pt_server_clean_exit", rc == 0 and not os.path.exists(SOCKET), f"rc={rc} log={_tail(LOG)}")
 
 
 def _drive(c: Checks, client: VfioUserClient) -> None:
