@@ -17,7 +17,7 @@ from vfu_platform.protocol.header import Header
 
 class MessageRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="msg"):
     t: float
-    dir: str  # "in" (from the client) or "out"
+    dir: str  # "in" (from the client), "out" (sent), or "dropped" (a NO_REPLY failure: nothing sent)
     cmd: str
     id: int
     size: int

@@ -267,7 +267,9 @@ class Session:
         name = COMMAND_NAMES.get(header.command, str(header.command))
         log.info("%s (id %d) failed: %s [%s]", name, header.msg_id, message, errno.errorcode.get(errno_value, errno_value))
         if self.tracer:
-            self.tracer.message("out", header, 0, error=errno_value, note=message)
+            # A NO_REPLY failure is answered by nothing: trace it as "dropped", not as a reply sent.
+            direction = "dropped" if header.no_reply else "out"
+            self.tracer.message(direction, header, 0, error=errno_value, note=message)
         if not header.no_reply:
             self._send(encode_error(header.msg_id, header.command, errno_value))
 
