@@ -185,7 +185,18 @@ class ReferenceIrq:
     def ack(self, line: int) -> list[Action]:
         self.last_ack_did_eoi = False
         actions: list[Action] = []
-        if self.find_active() == line and self.signalled:
+        if self.find_active() == line and not self.signalled:
+            # serviced by polling while held: EOI now, nothing delivered
+            self.eoi(actions)
+            self.last_ack_did_eoi = True
+        elif line in self.queue:
+            # acknowledged before its turn: out of the queue, unmasked, not an EOI
+            self.queue.remove(line)
+            self.state[line] = "inactive"
+            if self.specs[line].automasked:
+                self.masked_on_device.remove(line)
+                actions.append(UnmaskLine(line))
+        elif self.find_active() == line and self.signalled:
             if self.current_route() == Route.MSIX:
                 self.eoi(actions)
                 self.last_ack_did_eoi = True

@@ -256,16 +256,32 @@ def test_unmask_before_ack_completes_exactly_once() -> None:
     assert engine.eois == 1 and engine.active == 1
 
 
-def test_ack_of_line_that_is_not_active_or_not_signalled_does_nothing() -> None:
-    engine = live_intx(LEVEL_ACK, LEVEL_ACK)
+def test_ack_of_held_or_pending_lines_is_service_by_polling() -> None:
+    """A driver that polls with INTx disabled acks lines that were never delivered."""
+    engine = live_intx(LEVEL_ACK, LEVEL_ACK, LEVEL_ACK)
     engine.set_intx_disable(True)
     engine.fire(0)
     engine.fire(1)
-    assert engine.ack(1) == ()  # pending, not active
-    assert engine.ack(0) == ()  # active but never signalled: not remembered
+    engine.fire(2)
+    # Pending: it leaves the queue and is unmasked; not an EOI, nothing delivered.
+    assert engine.ack(1) == (UnmaskLine(1),)
+    assert engine.pending == (2,) and engine.eois == 0
+    # Active but held: its EOI completes at once; the next one becomes ACTIVE, still held.
+    assert engine.ack(0) == (UnmaskLine(0),)
+    assert engine.eois == 1 and engine.active == 2 and engine.pending == ()
+    assert engine.trapped_access() == ()  # the same write: no second EOI
+    # Released: exactly the one line left is delivered, and completes normally.
     assert engine.set_intx_disable(False) == (Signal(INTX),)
-    assert engine.client_unmask() == ()  # still waits for the ack
-    assert engine.ack(0) == (UnmaskLine(0), Signal(INTX))
+    assert engine.client_unmask() == ()
+    assert engine.ack(2) == (UnmaskLine(2),)
+    assert engine.active is None and engine.eois == 2
+
+
+def test_ack_of_an_inactive_line_does_nothing() -> None:
+    engine = live_intx(LEVEL_ACK, LEVEL_ACK)
+    engine.fire(0)
+    assert engine.ack(1) == ()
+    assert engine.active == 0 and engine.eois == 0
 
 
 def test_edge_line_with_ack_in_intx_route() -> None:

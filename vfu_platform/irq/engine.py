@@ -215,12 +215,29 @@ class IrqEngine:
         if not self._specs[line].has_ack:
             raise ValueError(f"IRQ line {line} has no ack register")
         self._access_spent = False
-        if line != self._active or not self._signalled:
+        out: list[Action] = []
+        if line == self._active and not self._signalled:
+            # Serviced by polling while its delivery was held (INTx disabled, masked,
+            # no vector): the EOI completes and nothing is delivered.  Signalling it
+            # later would raise an interrupt the driver finds nothing for, and in the
+            # INTx route that activation could then never complete.
+            self._complete_eoi(out)
+            self._access_spent = True
+            return _result(out)
+        if self._state[line] is _PENDING and line in self._queue:
+            # Acknowledged before its turn: it leaves the queue (not an EOI; the same
+            # write still counts as a trapped access for the ACTIVE line).
+            self._queue.remove(line)
+            self._state[line] = _INACTIVE
+            if self._specs[line].automasked:
+                self._masked.discard(line)
+                out.append(self._unmask_line[line])
+            return _result(out)
+        if line != self._active:
             return NO_ACTIONS
         if self._route is Route.INTX and not self._unmask_seen:
             self._ack_seen = True
             return NO_ACTIONS
-        out: list[Action] = []
         self._complete_eoi(out)
         self._access_spent = True
         return _result(out)
