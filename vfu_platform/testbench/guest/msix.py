@@ -34,34 +34,37 @@ from collections.abc import Sequence
 from vfu_platform import vfio_abi
 from vfu_platform.backends.vfio import VfioHostBackend, VfioHostError
 from vfu_platform.backends.vfio.container import IommuType
+from vfu_platform.backends.sim.gpio import (
+    GPIO_ID,
+    REG_ID,
+    REG_NLINES,
+    REG_RAISE,
+    REG_STATUS,
+    REG_ACK,
+    REG_EDGE_PULSE,
+    REG_LINE_BASE,
+    LINE_STRIDE,
+    LINE_ACK,
+    LINE_RAISE,
+)
+from vfu_platform.bridge.irq_page import (
+    IRQ_ACTIVE as PAGE_IRQ_ACTIVE,
+    IRQ_PENDING as PAGE_IRQ_PENDING,
+    IRQ_LINES as PAGE_IRQ_LINES,
+    IRQ_ROUTE as PAGE_IRQ_ROUTE,
+    IRQ_SIGNALS as PAGE_IRQ_SIGNALS,
+    IRQ_EOIS as PAGE_IRQ_EOIS,
+    IRQ_STATE_BASE as PAGE_IRQ_STATE,
+    MAGIC as PAGE_MAGIC,
+    MAGIC_VALUE as MAGIC,
+    NO_IRQ as NONE_ACTIVE,
+)
+from vfu_platform.bridge.msix import PBA_OFFSET as PAGE_PBA
 from vfu_platform.testbench.guest import pci
 from vfu_platform.testbench.guest.report import Report, run
 
-# gpio registers (BAR0)
-GPIO_ID = 0x47504F31
-REG_ID = 0x00
-REG_NLINES = 0x04
-REG_RAISE = 0x10
-REG_STATUS = 0x14
-REG_ACK = 0x18
-REG_EDGE_PULSE = 0x1C
-REG_LINE_BASE = 0x100
-LINE_STRIDE = 0x10
-LINE_ACK = 0x4
-LINE_RAISE = 0x8
 
 # IRQ page (BAR2)
-PAGE_PBA = 0x800
-PAGE_IRQ_ACTIVE = 0xC00
-PAGE_IRQ_PENDING = 0xC04
-PAGE_IRQ_LINES = 0xC08
-PAGE_IRQ_ROUTE = 0xC0C
-PAGE_IRQ_SIGNALS = 0xC10
-PAGE_IRQ_EOIS = 0xC14
-PAGE_IRQ_STATE = 0xC40
-PAGE_MAGIC = 0xD00
-MAGIC = 0x50554656
-NONE_ACTIVE = 0xFFFF_FFFF
 ROUTE_MSIX = 1
 
 BAR0 = vfio_abi.PCI_BAR0_REGION_INDEX
