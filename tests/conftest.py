@@ -56,14 +56,15 @@ def fd_count(pid: int) -> int:
 class ServerProcess:
     """A `vfu_platform serve` subprocess and its socket, log and trace files."""
 
-    def __init__(self, workdir: Path, device: str = "edu", extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, device: str = "edu", extra_args: Sequence[str] = (), traced: bool = True) -> None:
         self.workdir = workdir
         self.device = device
         self.socket_path = str(workdir / "vfu.sock")
         self.log_path = workdir / "server.log"
         self.trace_path = workdir / "trace.jsonl"
+        trace = ["--trace", str(self.trace_path)] if traced else []
         args = [sys.executable, "-m", "vfu_platform", "serve", "--socket", self.socket_path,
-                "--device", device, "--trace", str(self.trace_path), "-v", *extra_args]
+                "--device", device, *trace, "-v", *extra_args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -155,15 +156,30 @@ class ServerProcess:
         shutil.rmtree(self.workdir)  # kept when something above failed
 
 
-def launch_server(device: str, extra_args: Sequence[str] = ()) -> ServerProcess:
+def launch_server(device: str, extra_args: Sequence[str] = (), traced: bool = True) -> ServerProcess:
     workdir = Path(tempfile.mkdtemp(prefix="vfu-test-"))  # short: unix socket paths are limited
-    return ServerProcess(workdir, device, extra_args)
+    return ServerProcess(workdir, device, extra_args, traced)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules with BOTH_PATHS = True run against a traced server and an untraced one.
+
+    Without a trace the server answers REGION_READ / REGION_WRITE on its fast path
+    (no frame objects); with one, on the general path.  Both must give the same answers.
+    """
+    if "server" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_PATHS", False):
+        metafunc.parametrize("server_traced", [True, False], ids=["general-path", "fast-path"], scope="module")
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+def server_traced() -> bool:
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, server_traced: bool) -> Iterator[ServerProcess]:
     """One server per test module: device `edu`, or the module's SERVER_DEVICE."""
-    proc = launch_server(getattr(request.module, "SERVER_DEVICE", "edu"))
+    proc = launch_server(getattr(request.module, "SERVER_DEVICE", "edu"), traced=server_traced)
     yield proc
     proc.stop()
 

@@ -11,6 +11,9 @@ from conftest import assert_serving, expect_error, expect_no_reply_to, raw_reque
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.constants import Command
 
+# Run against a traced server (general path) and an untraced one (REGION_READ/WRITE fast path).
+BOTH_PATHS = True
+
 BAR0, IRQ_PAGE, CONFIG = 0, 1, 7
 BAR0_SIZE = 1 << 20
 MAX_DATA = 1 << 20
