@@ -160,7 +160,6 @@ class PciBridge:
         # Line trigger eventfds (bridge <-> backend), created once, kept across clients.
         self._line_fds: list[int] = []
         self._client: ClientContext | None = None
-        self._loop_registered = False
         # Client-side fds.
         self._intx_trigger: int | None = None
         self._intx_resample: int | None = None
