@@ -35,6 +35,16 @@ def test_reply_echoes_the_access_and_carries_count_bytes(client):
     assert reply.fds == []
 
 
+def test_trailing_bytes_after_the_access_header_are_ignored(client):
+    # libvfio-user checks a READ's payload only for its 16-byte access header; both of the
+    # server's paths (framed and fast) must answer it the same way.
+    reply = raw_request(client, Command.REGION_READ, read_payload(BAR0, 0x00, 4) + b"\xaa" * 4)
+    assert not reply.header.is_error
+    access = m.RegionAccess.unpack(reply.body)
+    assert (access.offset, access.region, access.count) == (0x00, BAR0, 4)
+    assert struct.unpack("<I", access.data) == (0x010000ED,)
+
+
 def test_liveness_reads_the_inverse_of_the_last_write(client):
     client.write32(BAR0, 0x04, 0x12345678)
     assert client.read32(BAR0, 0x04) == ~0x12345678 & 0xFFFF_FFFF

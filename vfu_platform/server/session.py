@@ -178,45 +178,11 @@ class Session:
             self.close(f"framing error: {exc}")
 
     def _fast_access(self, msg_id: int, command: int, size: int, flags: int, start: int) -> None:
-        """REGION_READ / REGION_WRITE without frame objects; same checks, same answers.
-
-        Everything needed is copied out of the receive buffer before the device runs.
-        """
-        data = self.channel.buffer.data
-        offset, region, count = _ACCESS.unpack_from(data, start + HEADER_SIZE)
-        no_reply = flags & _NO_REPLY
+        """REGION_READ / REGION_WRITE straight from the receive buffer, without frame objects."""
         try:
-            if count > self.options.max_data_xfer_size:
-                raise ProtocolError.invalid(f"count {count} > max_data_xfer_size {self.options.max_data_xfer_size}")
-            sizes = self._region_sizes
-            if region >= len(sizes):
-                raise ProtocolError.invalid(f"region {region} does not exist ({len(sizes)} regions)")
-            if offset + count > sizes[region]:
-                raise ProtocolError.invalid(f"region {region}: [{offset:#x}, +{count:#x}) is past its size {sizes[region]:#x}")
-            if command == _REGION_READ:
-                if size != _ACCESS_MESSAGE:
-                    raise ProtocolError.invalid(f"REGION_READ payload {size - HEADER_SIZE} bytes")
-                payload = self.device.region_read(region, offset, count) if count else b""
-                if len(payload) != count:
-                    raise ProtocolError(errno.EIO, f"device returned {len(payload)} of {count} bytes")
-                if not no_reply:
-                    self._send(_READ_REPLY_HEAD.pack(msg_id, command, _ACCESS_MESSAGE + count, _REPLY_FLAGS, 0,
-                                                     offset, region, count) + payload)
-            else:
-                if size - _ACCESS_MESSAGE != count:
-                    raise ProtocolError.invalid(f"REGION_WRITE count {count} but {size - _ACCESS_MESSAGE} data bytes")
-                echo = bytes(data[start + HEADER_SIZE : start + _ACCESS_MESSAGE])
-                if count:
-                    self.device.region_write(region, offset, bytes(data[start + _ACCESS_MESSAGE : start + size]))
-                if not no_reply:
-                    self._send(HEADER.pack(msg_id, command, _ACCESS_MESSAGE, _REPLY_FLAGS, 0) + echo)
-        except ProtocolError as exc:
-            self._fail(Header(msg_id, command, size, flags, 0), exc.errno, str(exc))
-        except (BackendError, DmaMapError) as exc:
-            self._fail(Header(msg_id, command, size, flags, 0), exc.errno, str(exc))
-        except Exception as exc:  # a bug must not take the session down
-            log.exception("internal error handling %s", COMMAND_NAMES[command])
-            self._fail(Header(msg_id, command, size, flags, 0), errno.EIO, f"internal error: {exc!r}")
+            self._access(msg_id, command, flags, self.channel.buffer.data, start + HEADER_SIZE, size - HEADER_SIZE)
+        except Exception as exc:
+            self._report(Header(msg_id, command, size, flags, 0), exc)
 
     # ------------------------------------------------------------ dispatch
     def _bump(self, name: str) -> None:
@@ -250,17 +216,20 @@ class Session:
             if self.state is SessionState.AWAIT_VERSION and header.command != Command.VERSION:
                 raise ProtocolError.invalid(f"{COMMAND_NAMES[header.command]} before VERSION")
             handler(header, body, fds)
-        except ProtocolError as exc:
-            self._fail(header, exc.errno, str(exc))
-        except (BackendError, DmaMapError) as exc:
-            self._fail(header, exc.errno, str(exc))
-        except Exception as exc:  # a bug must not take the session down
-            log.exception("internal error handling %s", COMMAND_NAMES.get(header.command, header.command))
-            self._fail(header, errno.EIO, f"internal error: {exc!r}")
+        except Exception as exc:
+            self._report(header, exc)
         finally:
             for fd in fds:
                 _close_quietly(fd)
             fds.clear()
+
+    def _report(self, header: Header, exc: Exception) -> None:
+        """Answer a failed message with its errno (call from the except block)."""
+        if isinstance(exc, (ProtocolError, BackendError, DmaMapError)):
+            self._fail(header, exc.errno, str(exc))
+        else:  # a bug must not take the session down
+            log.exception("internal error handling %s", COMMAND_NAMES.get(header.command, header.command))
+            self._fail(header, errno.EIO, f"internal error: {exc!r}")
 
     def _fail(self, header: Header, errno_value: int, message: str) -> None:
         self._bump("errors")
@@ -354,9 +323,9 @@ class Session:
         self._reply(header, m.DeviceInfo(m.DeviceInfo.LAYOUT.size, flags, num_regions, num_irqs).pack())
 
     def _check_region_index(self, index: int) -> None:
-        num_regions = self.device.device_info()[1]
-        if index >= num_regions:
-            raise ProtocolError.invalid(f"region {index} does not exist ({num_regions} regions)")
+        regions = len(self._region_sizes)
+        if index >= regions:
+            raise ProtocolError.invalid(f"region {index} does not exist ({regions} regions)")
 
     def _get_region_info(self, header: Header, body: memoryview, fds: list[int]) -> None:
         request = m.RegionInfo.unpack(body)
@@ -405,42 +374,48 @@ class Session:
         if count > self.options.max_data_xfer_size:
             raise ProtocolError.invalid(f"count {count} > max_data_xfer_size {self.options.max_data_xfer_size}")
         self._check_region_index(region)
-        size = self.device.region_size(region)
+        size = self._region_sizes[region]
         if offset + count > size:
             raise ProtocolError.invalid(f"region {region}: [{offset:#x}, +{count:#x}) is past its size {size:#x}")
 
     def _region_read(self, header: Header, body: memoryview, fds: list[int]) -> None:
-        if len(body) < _ACCESS.size:
-            raise ProtocolError.invalid(f"REGION_READ payload {len(body)} bytes")
-        offset, region, count = _ACCESS.unpack_from(body)
-        self._check_access(region, offset, count)
-        data = self.device.region_read(region, offset, count) if count else b""
-        if len(data) != count:
-            raise ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
-        if header.no_reply:
-            return
-        size = HEADER_SIZE + _ACCESS.size + count
-        message = HEADER.pack(header.msg_id, header.command, size, _REPLY_FLAGS, 0) + _ACCESS.pack(offset, region, count) + data
-        if self.tracer:
-            self.tracer.message("out", Header(header.msg_id, header.command, size, _REPLY_FLAGS, 0), 0)
-        self._send(message)
+        self._access(header.msg_id, header.command, header.flags, body, 0, len(body))
 
-    def _region_write(self, header: Header, body: memoryview, fds: list[int]) -> None:
-        if len(body) < _ACCESS.size:
-            raise ProtocolError.invalid(f"REGION_WRITE payload {len(body)} bytes")
-        offset, region, count = _ACCESS.unpack_from(body)
-        if len(body) - _ACCESS.size != count:
-            raise ProtocolError.invalid(f"REGION_WRITE count {count} but {len(body) - _ACCESS.size} data bytes")
-        self._check_access(region, offset, count)
-        if count:
-            self.device.region_write(region, offset, bytes(body[_ACCESS.size :]))
-        if header.no_reply:
-            return
-        size = HEADER_SIZE + _ACCESS.size
-        message = HEADER.pack(header.msg_id, header.command, size, _REPLY_FLAGS, 0) + bytes(body[: _ACCESS.size])
+    _region_write = _region_read
+
+    def _access(self, msg_id: int, command: int, flags: int, data: m.Buffer, at: int, length: int) -> None:
+        """REGION_READ / REGION_WRITE whose `length`-byte payload starts at `data[at]`.
+
+        One implementation for both paths (framed messages, and the fast path that
+        reads straight from the receive buffer).  Everything needed is copied out of
+        `data` before the device runs.
+        """
+        if length < _ACCESS.size:
+            raise ProtocolError.invalid(f"{COMMAND_NAMES[command]} payload {length} bytes")
+        offset, region, count = _ACCESS.unpack_from(data, at)
+        if command == _REGION_READ:
+            self._check_access(region, offset, count)
+            payload = self.device.region_read(region, offset, count) if count else b""
+            if len(payload) != count:
+                raise ProtocolError(errno.EIO, f"device returned {len(payload)} of {count} bytes")
+            if flags & _NO_REPLY:
+                return
+            size = _ACCESS_MESSAGE + count
+            reply = _READ_REPLY_HEAD.pack(msg_id, command, size, _REPLY_FLAGS, 0, offset, region, count) + payload
+        else:
+            if length - _ACCESS.size != count:
+                raise ProtocolError.invalid(f"REGION_WRITE count {count} but {length - _ACCESS.size} data bytes")
+            self._check_access(region, offset, count)
+            echo = bytes(data[at : at + _ACCESS.size])
+            if count:
+                self.device.region_write(region, offset, bytes(data[at + _ACCESS.size : at + length]))
+            if flags & _NO_REPLY:
+                return
+            size = _ACCESS_MESSAGE
+            reply = HEADER.pack(msg_id, command, size, _REPLY_FLAGS, 0) + echo
         if self.tracer:
-            self.tracer.message("out", Header(header.msg_id, header.command, size, _REPLY_FLAGS, 0), 0)
-        self._send(message)
+            self.tracer.message("out", Header(msg_id, command, size, _REPLY_FLAGS, 0), 0)
+        self._send(reply)
 
     def _write_multi(self, header: Header, body: memoryview, fds: list[int]) -> None:
         if not (self.options.write_multiple and self.client_caps.write_multiple):
