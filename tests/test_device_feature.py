@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from conftest import assert_serving, expect_error, expect_no_reply_to
-from vfu_platform.client import make_eventfd
+from vfu_platform.client import VfioUserError, make_eventfd
 from vfu_platform.protocol.constants import Command
 
 GET, SET, PROBE = 1 << 16, 1 << 17, 1 << 18
@@ -25,6 +25,13 @@ def feature_payload(flags: int, data: bytes = b"", argsz: int | None = None) -> 
 def test_dma_buf_is_enotty(client, flags):
     # QEMU treats ENOTTY as "not supported", warns once and carries on.
     expect_error(client, Command.DEVICE_FEATURE, feature_payload(flags, bytes(16)), errno.ENOTTY)
+    assert_serving(client)
+
+
+def test_client_library_device_feature_raises_the_errno(client):
+    with pytest.raises(VfioUserError) as raised:
+        client.device_feature(DMA_BUF | GET, bytes(16))
+    assert raised.value.command == Command.DEVICE_FEATURE and raised.value.errno == errno.ENOTTY
     assert_serving(client)
 
 

@@ -93,7 +93,7 @@ class BusMasterGate:
 
     def _check(self, what: str, iova: int, size: int) -> None:
         if not self._config.bus_master:
-            self._bridge.counters["dma-refused-no-bus-master"] = self._bridge.counters.get("dma-refused-no-bus-master", 0) + 1
+            self._bridge._bump("dma-refused-no-bus-master")
             self._bridge.trace("dma-refused", reason="bus master disabled", op=what, iova=iova, size=size)
             raise DmaError(errno.EPERM, f"device DMA {what} at {iova:#x} refused: bus master is disabled")
 

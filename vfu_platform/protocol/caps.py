@@ -13,9 +13,7 @@ import msgspec
 
 from vfu_platform.protocol.constants import (
     DEFAULT_MAX_DATA_XFER_SIZE,
-    DEFAULT_MAX_DMA_MAPS,
     DEFAULT_MAX_MSG_FDS,
-    DEFAULT_PGSIZES,
     MAX_PEER_MSG_FDS,
 )
 from vfu_platform.protocol.errors import ProtocolError
@@ -50,12 +48,6 @@ class Capabilities(msgspec.Struct, omit_defaults=True):
     def effective_max_data_xfer_size(self) -> int:
         value = self.max_data_xfer_size
         return DEFAULT_MAX_DATA_XFER_SIZE if value is None else value
-
-    def effective_max_dma_maps(self) -> int:
-        return DEFAULT_MAX_DMA_MAPS if self.max_dma_maps is None else self.max_dma_maps
-
-    def effective_pgsizes(self) -> int:
-        return DEFAULT_PGSIZES if self.pgsizes is None else self.pgsizes
 
 
 class VersionDocument(msgspec.Struct, omit_defaults=True):

@@ -170,6 +170,3 @@ class Server:
 
     def serve_forever(self) -> None:
         self.loop.run_until(lambda: False)
-
-    def serve_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
-        return self.loop.run_until(done, timeout)
