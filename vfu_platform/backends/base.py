@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vfu_platform import vfio_abi
+from vfu_platform.backends.guest import GuestDevice
 
 
 class BackendError(Exception):
@@ -152,6 +153,10 @@ class DeviceBackend(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None:
         """Back to power-on state; IRQ lines masked, triggers kept."""
+
+    def guest_devices(self) -> tuple[GuestDevice, ...]:
+        """The platform devices a guest should create (docs/guest-descriptor.md); default none."""
+        return ()
 
     def attach(self, context: DeviceContext | None) -> None:
         """Lend (or with None withdraw) client memory and timers; default: ignore."""
