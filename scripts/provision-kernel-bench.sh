@@ -5,18 +5,16 @@
 # packages only.  Idempotent and cached; the tests call it on every run.
 #
 # usage: provision-kernel-bench.sh [--refresh]
-#   cache: ${VFU_CACHE:-$HOME/.cache/vfu-platform}/kernel   (~1.3 GB)
+#   cache: ${VFU_CACHE:-$HOME/.cache/vfu-platform}/kernel
 #   result: $CACHE/env.sh (paths the harness reads); prints "provisioned: ..."
 #
 # What it does (each step skipped when its output exists):
-#   1. host packages, if missing: qemu-system-x86 qemu-system-arm
+#   1. host packages, if missing (said before they are installed):
 #      gcc-12-aarch64-linux-gnu with libc6-dev-arm64-cross and
 #      linux-libc-dev-arm64-cross (the arm64 cffi extension needs libc and uAPI
 #      headers; the kernel modules need neither), make bc xz-utils: Debian 12's
-#      own packages.
-#      Note: a bookworm qemu-system-common installed on the host can disturb
-#      the `-device help` of the project's provisioned QEMU 11 (it shares
-#      /usr/share/qemu); harmless for normal runs.
+#      own packages, the only thing any suite installs on the host. The guests
+#      run on the private QEMU 11 of scripts/provision-qemu.sh (no host QEMU).
 #   2. a private arm64 apt configuration (no `dpkg --add-architecture`), using
 #      the archive this machine's apt already uses (no host name is written here)
 #   3. downloads: linux-image amd64+arm64 of the current bookworm ABI,
@@ -61,9 +59,7 @@ if [ $REFRESH = 0 ] && [ -f "$CACHE/env.sh" ]; then
     [ -e "$f" ] || ok=0
   done
   [ "$KS/initrd-init.sh" -nt "$KB_INITRD_AMD64" ] && ok=0
-  for tool in qemu-system-x86_64 qemu-system-aarch64 aarch64-linux-gnu-gcc-12; do
-    command -v $tool > /dev/null || ok=0
-  done
+  command -v aarch64-linux-gnu-gcc-12 > /dev/null || ok=0
   [ -e /usr/aarch64-linux-gnu/include/linux/vfio.h ] || ok=0
   if [ $ok = 1 ]; then
     echo "provisioned: $CACHE/env.sh (cached)"
@@ -73,12 +69,11 @@ fi
 
 # ---- 1. host packages ---------------------------------------------------------
 need=()
-for p in qemu-system-x86 qemu-system-arm gcc-12-aarch64-linux-gnu libc6-dev-arm64-cross \
-         linux-libc-dev-arm64-cross make bc xz-utils; do
+for p in gcc-12-aarch64-linux-gnu libc6-dev-arm64-cross linux-libc-dev-arm64-cross make bc xz-utils; do
   dpkg -s "$p" > /dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
-  log "apt-get install ${need[*]}"
+  log "installing Debian 12 host packages ${need[*]} (the arm64 cross compiler that rebuilds drivers/vfio and the cffi extension; see README)"
   if [ "$(id -u)" != 0 ]; then
     echo "provision-kernel-bench: need root to apt-get install ${need[*]}" >&2
     exit 1

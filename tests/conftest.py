@@ -38,6 +38,27 @@ START_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3.0
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Name the guest benches' versions (from the cache's manifest), so a failure report has them."""
+    from guest_policy import opted_out
+    from vfu_platform.testbench import qemu
+
+    lines = [f"guest suites skipped on purpose: {', '.join(opted_out())}"] if opted_out() else []
+    env_file = qemu.default_cache() / "env.sh"
+    try:
+        bench = qemu.Bench.from_env_file(env_file)
+    except (OSError, qemu.BenchError):
+        return lines + [f"guest bench: not provisioned yet in {env_file.parent} (the guest suites will do it)"]
+    return lines + [f"guest bench: {bench.versions()}"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from guest_policy import opted_out
+
+    for suite in opted_out():
+        terminalreporter.write_line(f"NOTE: skipped on purpose, not tested: {suite}", yellow=True, bold=True)
+
+
 def open_fds(pid: int) -> list[str]:
     """What each open fd of process `pid` refers to (/proc/PID/fd)."""
     targets = []

@@ -3,7 +3,8 @@
 
 QEMU, the guest kernel and busybox are provisioned once per session into the cache
 outside the checkout (${VFU_CACHE:-~/.cache/vfu-platform}); a missing piece is
-downloaded, never a reason to skip: if provisioning fails the tests fail with its log.
+downloaded, never a reason to skip: if provisioning fails the tests fail with its
+reason (tests/guest_policy.py; VFU_SKIP_QEMU_TESTS=1 skips the suite on purpose).
 Guests boot one at a time (the session runs them serially); a boot that several
 test modules look at (our server's edu run) is a session fixture, so it happens once.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_policy import require_bench
 from vfu_platform.testbench import qemu
 
 GuestFactory = Callable[..., qemu.GuestResult]
@@ -28,11 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def bench() -> qemu.Bench:
-    try:
-        return qemu.provision()
-    except qemu.BenchError as e:
-        pytest.fail(f"cannot provision the QEMU bench:\n{e}", pytrace=False)
+def bench(request: pytest.FixtureRequest) -> qemu.Bench:
+    return require_bench(request, "QEMU guest suite (tests/e2e)", qemu.provision, (qemu.BenchError,))
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"provisioning failed:\n{e}", file=sys.stderr)
         return 1
     print(f"  {bench.qemu_version}; guest kernel {bench.kver}; cache {bench.dir} ({bench.provision_s:.1f} s)")
+    print(f"  versions: {bench.versions()}")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"vfu-demo-{args.device}-"))
     trace = workdir / qemu.SERVER_TRACE_NAME

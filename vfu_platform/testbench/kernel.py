@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfu_platform.testbench import qemu
+
 REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "scripts" / "provision-kernel-bench.sh"
 STAGE_ARM64 = REPO / "scripts" / "kernel" / "stage-arm64-package.sh"
@@ -50,6 +52,8 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class BenchPaths:
+    qemu_x86: str        # the private QEMU 11 of scripts/provision-qemu.sh, for every suite
+    qemu_aarch64: str
     kernel_amd64: str
     kernel_arm64: str
     initrd_amd64: str
@@ -59,20 +63,29 @@ class BenchPaths:
 
 
 def provision(python: str = sys.executable, log: Path | None = None) -> BenchPaths:
-    """Run scripts/provision-kernel-bench.sh (idempotent, seconds when cached) and read its env.sh."""
-    env = dict(os.environ, PYTHON=python)
-    result = subprocess.run(["bash", str(PROVISION)], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    """Provision the private QEMU (scripts/provision-qemu.sh) and the kernel bench
+    (scripts/provision-kernel-bench.sh); both idempotent, seconds when cached. Progress
+    goes to stderr as it comes; a failure raises BenchUnavailable with the reason."""
+    try:
+        emulators = qemu.provision()
+    except qemu.BenchError as e:
+        raise BenchUnavailable(str(e)) from None
+    if emulators.qemu_aarch64 is None:
+        raise BenchUnavailable(f"{emulators.dir}/env.sh names no aarch64 QEMU: rerun scripts/provision-qemu.sh")
+    rc, output = qemu.run_streaming(["bash", str(PROVISION)], env=dict(os.environ, PYTHON=python))
     if log is not None:
-        log.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
-        raise BenchUnavailable(f"provision-kernel-bench.sh failed (rc {result.returncode}): {tail}")
+        log.write_text(output)
+    if rc != 0:
+        raise BenchUnavailable(f"provision-kernel-bench.sh failed (rc {rc}): "
+                               + " | ".join(output.strip().splitlines()[-3:]))
     values: dict[str, str] = {}
     for line in (cache_dir() / "env.sh").read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
     return BenchPaths(
+        qemu_x86=str(emulators.qemu),
+        qemu_aarch64=str(emulators.qemu_aarch64),
         kernel_amd64=values["KB_KERNEL_AMD64"],
         kernel_arm64=values["KB_KERNEL_ARM64"],
         initrd_amd64=values["KB_INITRD_AMD64"],
@@ -190,10 +203,6 @@ def boot(name: str, command: list[str], timeout: float, log_path: Path, boots: i
     return result
 
 
-def _qemu(binary: str, env_name: str) -> str:
-    return os.environ.get(env_name, f"/usr/bin/{binary}" if os.path.exists(f"/usr/bin/{binary}") else binary)
-
-
 def x86_command(paths: BenchPaths, out: Path, python: str, vfio_user: bool = False) -> list[str]:
     """q35 + intel-iommu; edu alone at 00:05.0; a PCI bridge at 00:06.0 with a second edu and a
     virtio-rng behind it (one IOMMU group, made non-viable by virtio-pci holding the rng)."""
@@ -202,7 +211,7 @@ def x86_command(paths: BenchPaths, out: Path, python: str, vfio_user: bool = Fal
     if vfio_user:
         append.append("vfu.e2e=1")
     return [
-        _qemu("qemu-system-x86_64", "VFU_KBENCH_QEMU_X86"),
+        paths.qemu_x86,
         "-M", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1G",
         "-nographic", "-no-reboot", "-nic", "none", "-vga", "none",
         "-device", "intel-iommu,intremap=on",
@@ -233,7 +242,7 @@ def arm64_command(paths: BenchPaths, out: Path, vfio_user: bool = False) -> list
     if vfio_user:
         append.append("vfu.e2e=1")
     return [
-        _qemu("qemu-system-aarch64", "VFU_KBENCH_QEMU_ARM64"),
+        paths.qemu_aarch64,
         "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1G",
         "-nographic", "-no-reboot", "-nic", "none",
         "-kernel", paths.kernel_arm64, "-initrd", paths.initrd_arm64, "-append", " ".join(append),

@@ -95,7 +95,26 @@ class Bench:
     kver: str
     kmoddir: Path
     kernel_flavour: str
+    qemu_aarch64: Path | None = None
+    kernel_arm64: Path | None = None
+    busybox_arm64: Path | None = None
     provision_s: float = 0.0
+
+    @property
+    def manifest(self) -> Path:
+        """`package version arch` per line: every package the bench was made from."""
+        return self.dir / "manifest.txt"
+
+    def versions(self) -> str:
+        """One line naming what matters in a failure report: QEMU, kernels, busybox."""
+        wanted = ("qemu-system-x86", "qemu-system-arm", "seabios", "linux-image-", "busybox-static")
+        try:
+            lines = self.manifest.read_text().splitlines()
+        except OSError:
+            return f"{self.qemu_version} (no manifest at {self.manifest})"
+        picked = [line.rsplit(" ", 1)[0] if line.endswith(" all") else line
+                  for line in lines if line.startswith(wanted)]
+        return "; ".join(picked)
 
     @classmethod
     def from_env_file(cls, path: Path, provision_s: float = 0.0) -> Bench:
@@ -117,25 +136,54 @@ class Bench:
                 kver=values["VFU_KVER"],
                 kmoddir=Path(values["VFU_KMODDIR"]),
                 kernel_flavour=values["VFU_KERNEL_FLAVOUR"],
+                qemu_aarch64=_optional_path(values.get("VFU_QEMU_AARCH64")),
+                kernel_arm64=_optional_path(values.get("VFU_KERNEL_ARM64")),
+                busybox_arm64=_optional_path(values.get("VFU_BUSYBOX_ARM64")),
                 provision_s=provision_s,
             )
         except KeyError as e:
             raise BenchError(f"{path}: missing {e.args[0]}") from None
 
 
-def provision(dest: Path | None = None, *, echo: bool = False) -> Bench:
-    """Run scripts/provision-qemu.sh (instant when everything is there) and load its env file."""
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def provision(dest: Path | None = None) -> Bench:
+    """Run scripts/provision-qemu.sh (instant when the cache is ready) and load its env file.
+
+    The script's progress lines go straight to this process's stderr (a first run
+    downloads about 250 MB and smoke-boots both QEMUs: a user waiting must see it move);
+    on failure its closing paragraph (which step, what is missing, where the log is)
+    is the BenchError's message.
+    """
     dest = dest or default_cache()
     t0 = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(SCRIPTS / "provision-qemu.sh"), str(dest)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    if echo:
-        sys.stderr.write(proc.stdout)
-    if proc.returncode != 0:
-        raise BenchError(f"provision-qemu.sh failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}")
+    rc, output = run_streaming(["bash", str(SCRIPTS / "provision-qemu.sh"), str(dest)])
+    if rc != 0:
+        raise BenchError(failure_paragraph(output, "provision-qemu"))
     return Bench.from_env_file(Path(dest) / "env.sh", provision_s=time.monotonic() - t0)
+
+
+def run_streaming(command: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run a provisioning script: each line it prints goes to stderr as it comes, and is kept."""
+    proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(env) if env is not None else None)
+    assert proc.stdout is not None
+    kept: list[str] = []
+    with proc.stdout:
+        for line in proc.stdout:
+            kept.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    return proc.wait(), "".join(kept)
+
+
+def failure_paragraph(output: str, script: str) -> str:
+    """The closing paragraph a provisioning script prints on failure, or the tail of its output."""
+    start = output.rfind(f"{script}: FAILED")
+    text = output[start:] if start >= 0 else "\n".join(output.strip().splitlines()[-15:])
+    return text.strip() or f"{script} failed and printed nothing"
 
 
 def build_initramfs(bench: Bench, *, modules: Sequence[str] = GUEST_MODULES, init: Path = GUEST_INIT,

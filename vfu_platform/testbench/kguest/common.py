@@ -23,6 +23,26 @@ if TYPE_CHECKING:
 NOBODY = 65534
 
 
+PL031_DR, PL031_MR, PL031_RIS = 0x00, 0x04, 0x14
+PL031_MATCH_ATTEMPTS = 5
+
+
+def pl031_match_now(read32: Callable[[int], int], write32: Callable[[int, int], None]) -> int:
+    """Make a pl031 raise its match interrupt now; returns how many MR writes it took.
+
+    The RTC compares MR with its counter when MR is written: MR = a DR value read just
+    before matches at once, unless the counter ticked in between, and then the match is
+    2**32 seconds away (a test that waits for it flakes about once in a few hundred
+    runs). So after each write read RIS, the raw match status, latched until ICR, and
+    write again with a fresh DR until it is set.
+    """
+    for attempt in range(1, PL031_MATCH_ATTEMPTS + 1):
+        write32(PL031_MR, read32(PL031_DR))
+        if read32(PL031_RIS) & 1:
+            return attempt
+    raise RuntimeError(f"pl031: no match after {PL031_MATCH_ATTEMPTS} MR = DR writes (RIS stays 0)")
+
+
 def eventfd() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 

@@ -22,7 +22,7 @@ from vfu_platform.testbench.kguest.checks import Checks
 if TYPE_CHECKING:
     from vfu_platform.client import VfioUserClient
 
-RTC_DR, RTC_MR, RTC_IMSC, RTC_ICR = 0x00, 0x04, 0x10, 0x1C
+RTC_IMSC, RTC_ICR = 0x10, 0x1C
 IRQ_PAGE_BAR = 1  # BAR0 = the pl031's 4 KiB region, BAR1 = the IRQ page
 IRQ_WAKEUPS = 0xC18
 INTX = vfio_abi.PCI_INTX_IRQ_INDEX
@@ -45,7 +45,7 @@ class _Rtc:
         self.wr(RTC_IMSC, 1)
 
     def fire(self) -> None:
-        self.wr(RTC_MR, self.client.read32(0, RTC_DR))  # a match in the past: level until cleared
+        common.pl031_match_now(lambda offset: self.client.read32(0, offset), self.wr)  # level until cleared
 
     def clear(self) -> None:
         self.wr(RTC_ICR, 1)

@@ -29,7 +29,7 @@ from vfu_platform.backends.vfio.inspect import report_from_backend
 from vfu_platform.testbench.kguest import common, inspect_cli, vfio_user_hook
 from vfu_platform.testbench.kguest.checks import Checks
 
-RTC_DR, RTC_MR, RTC_IMSC, RTC_MIS, RTC_ICR = 0x00, 0x04, 0x10, 0x18, 0x1C
+RTC_IMSC, RTC_MIS, RTC_ICR = 0x10, 0x18, 0x1C
 PL031_ID = [0x31, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1]
 VIRTIO_MAGIC, VIRTIO_VENDOR_QEMU = 0x74726976, 0x554D4551
 LEVEL = lib.VFIO_IRQ_INFO_EVENTFD | lib.VFIO_IRQ_INFO_MASKABLE | lib.VFIO_IRQ_INFO_AUTOMASKED
@@ -58,7 +58,7 @@ class Pl031:
         self.wr(RTC_IMSC, 1)
 
     def assert_(self) -> None:
-        self.wr(RTC_MR, self.rd(RTC_DR))  # a match in the past fires at once, level until cleared
+        common.pl031_match_now(self.rd, self.wr)  # level until cleared
 
     def deassert(self) -> None:
         self.wr(RTC_ICR, 1)
