@@ -87,7 +87,7 @@ cd "$CACHE"
 
 # ---- 2. private arm64 apt lists ----------------------------------------------
 CODENAME=$(. /etc/os-release && echo "$VERSION_CODENAME")
-DEB_MAIN=${DEB_MAIN:-$("$PY" "$KS/debian-archive.py" "$CODENAME" || true)}
+DEB_MAIN=${DEB_MAIN:-${VFU_DEB_MIRROR:-$("$PY" "$KS/debian-archive.py" "$CODENAME" || true)}}
 DEB_SECURITY=${DEB_SECURITY:-$("$PY" "$KS/debian-archive.py" "$CODENAME-security" || true)}
 if [ -z "$DEB_MAIN" ]; then
   echo "provision-kernel-bench: no Debian archive for $CODENAME in this machine's apt configuration (set DEB_MAIN)" >&2
@@ -115,7 +115,7 @@ SANDBOX=()
 apt64() { APT_CONFIG=$A64/apt.conf "$@"; }
 if [ $REFRESH = 1 ] || ! ls "$A64"/lists/*_Packages > /dev/null 2>&1; then
   log "apt-get update (private arm64 lists)"
-  apt64 apt-get "${SANDBOX[@]}" update -qq
+  apt64 apt-get "${SANDBOX[@]}" --error-on=any update -qq
 fi
 
 # ---- 3. versions and downloads ------------------------------------------------

@@ -74,11 +74,11 @@ secs() { awk -v a="$EPOCHREALTIME" -v b="$1" 'BEGIN { printf "%.1f", a - b }'; }
 log() { printf 'provision-qemu [%6ss] %s\n' "$(secs "$T0")" "$*" | tee -a "$LOG" >&2; }
 step() { STEP_T0=$EPOCHREALTIME; log "$*"; }
 step_done() { log "  done in $(secs "$STEP_T0") s${1:+: $1}"; }
-die() {
+die() {  # die REASON [DETAIL...]: one line that says it all, details below it
+    local reason=$1; shift
     {
-        printf '\nprovision-qemu: FAILED at step: %s\n' "${CURRENT_STEP:-start}"
-        printf '  %s\n' "$@"
-        printf '  full log: %s\n\n' "$LOG"
+        printf 'provision-qemu: FAILED at step "%s": %s (log: %s)\n' "${CURRENT_STEP:-start}" "$reason" "$LOG"
+        (( $# == 0 )) || printf '  %s\n' "$@"
     } | tee -a "$LOG" >&2
     exit 1
 }
@@ -127,7 +127,7 @@ if ready; then
 fi
 : >>"$LOG"
 rm -f "$DEST"/.ready-*
-log "provisioning into $DEST (format $FORMAT; about 600 MB to download on a fresh machine)"
+log "provisioning into $DEST (format $FORMAT; about 250 MB to download on a fresh machine)"
 
 # ---- the Debian archive this machine's apt already uses ------------------------
 CURRENT_STEP="find the Debian archive"
@@ -136,8 +136,7 @@ if [[ -z $MIRROR ]]; then
     CODENAME=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     MIRROR=$(python3 "$HERE/kernel/debian-archive.py" "$CODENAME" 2>/dev/null || true)
 fi
-[[ -n $MIRROR ]] || die "no Debian archive found in this machine's apt configuration" \
-    "(looked in /etc/apt/sources.list and /etc/apt/sources.list.d); set VFU_DEB_MIRROR"
+[[ -n $MIRROR ]] || die "no Debian archive in this machine's apt configuration (/etc/apt/sources.list*); set VFU_DEB_MIRROR"
 
 # ---- private apt state -----------------------------------------------------------
 # Own sources, lists, archives and an EMPTY dpkg status (so apt resolves the full
@@ -159,7 +158,7 @@ APTO=(-q -o Dir::Etc::SourceList="$APTD/sources.list" -o Dir::Etc::SourceParts=/
 
 CURRENT_STEP="apt update"
 step "apt update: $BASE_SUITE, $QSUITE from the host's archive (private lists in $APTD/lists)"
-apt-get "${APTO[@]}" update >>"$LOG" 2>&1 ||
+apt-get "${APTO[@]}" --error-on=any update >>"$LOG" 2>&1 ||
     die "apt update of $BASE_SUITE/$QSUITE from $MIRROR failed (network? archive?)"
 step_done
 
@@ -356,8 +355,8 @@ step "smoke boot of both QEMUs (TCG) with the host's QEMU folders hidden"
 SMOKE_OUT=$DEST/smoke.log
 if ! bash "$HERE/qemu-smoke.sh" "$ENVF" >"$SMOKE_OUT" 2>&1; then
     cat "$SMOKE_OUT" >>"$LOG"
-    die "the smoke boot failed: the provisioned QEMU cannot boot a guest on its own files" \
-        "(last lines of $SMOKE_OUT:)" "$(tail -n 12 "$SMOKE_OUT")"
+    die "the provisioned QEMU cannot boot a guest on its own files ($(grep -m1 'smoke: FAIL' "$SMOKE_OUT" || echo 'see smoke.log'))" \
+        "last lines of $SMOKE_OUT:" "$(tail -n 12 "$SMOKE_OUT")"
 fi
 cat "$SMOKE_OUT" >>"$LOG"
 step_done "$(grep -c '^smoke: ok' "$SMOKE_OUT") checks passed ($SMOKE_OUT)"
