@@ -26,6 +26,7 @@ class ReferenceIrq:
         self.signal_count = 0
         self.eoi_count = 0
         self.coalesced_count = 0
+        self.ignored_eoi_count = 0
         self.power_on()
 
     def power_on(self) -> None:
@@ -46,8 +47,18 @@ class ReferenceIrq:
         self.vector_masked = {v: False for v in range(len(self.specs))}
         self.vector_has_fd = {v: False for v in range(len(self.specs))}
         self.last_ack_did_eoi = False
+        # IRQ_CTRL.EXACT_EOI as written, and the value it had when the ACTIVE line
+        # was signalled (that one rules the activation until its EOI).
+        self.exact_eoi_bit = False
+        self.exact_when_signalled = False
 
     # ---------------------------------------------------------------- helpers
+
+    def exact_rules_active(self) -> bool:
+        """Does the exact-EOI rule decide the ACTIVE line's EOI?"""
+        if self.signalled:
+            return self.exact_when_signalled
+        return self.exact_eoi_bit
 
     def find_active(self) -> int | None:
         for line, state in self.state.items():
@@ -80,10 +91,12 @@ class ReferenceIrq:
         if self.current_route() == Route.INTX:
             if self.intx_can_deliver():
                 self.signalled = True
+                self.exact_when_signalled = self.exact_eoi_bit
                 self.signal("intx", actions)
         else:
             if self.vector_can_deliver(line):
                 self.signalled = True
+                self.exact_when_signalled = self.exact_eoi_bit
                 self.signal(line, actions)
 
     def deliver_everything_deliverable(self, actions: list[Action]) -> None:
@@ -97,6 +110,7 @@ class ReferenceIrq:
     def make_active(self, line: int, actions: list[Action]) -> None:
         self.state[line] = "active"
         self.signalled = False
+        self.exact_when_signalled = False
         self.unmask_seen = False
         self.ack_seen = False
         self.signal_active_if_possible(actions)
@@ -117,7 +131,7 @@ class ReferenceIrq:
         else:
             self.make_active(line, actions)
 
-    def eoi(self, actions: list[Action]) -> None:
+    def complete_eoi(self, actions: list[Action]) -> None:
         line = self.find_active()
         assert line is not None
         self.state[line] = "inactive"
@@ -135,6 +149,7 @@ class ReferenceIrq:
         self.queue = []
         self.held_edges = set()
         self.signalled = False
+        self.exact_when_signalled = False
         self.unmask_seen = False
         self.ack_seen = False
 
@@ -169,10 +184,15 @@ class ReferenceIrq:
         if self.current_route() == Route.INTX and line is not None:
             if not self.signalled:
                 pass  # finish() signals it now that the client mask is gone
+            elif self.exact_when_signalled:
+                if self.ack_seen:  # the IRQ_EOI write came first
+                    self.complete_eoi(actions)
+                else:
+                    self.unmask_seen = True
             elif not self.specs[line].has_ack:
-                self.eoi(actions)
+                self.complete_eoi(actions)
             elif self.ack_seen:
-                self.eoi(actions)
+                self.complete_eoi(actions)
             else:
                 self.unmask_seen = True
         return self.finish(actions)
@@ -185,9 +205,11 @@ class ReferenceIrq:
     def ack(self, line: int) -> list[Action]:
         self.last_ack_did_eoi = False
         actions: list[Action] = []
-        if self.find_active() == line and not self.signalled:
+        if self.find_active() == line and self.exact_rules_active():
+            pass  # only the IRQ_EOI write ends it
+        elif self.find_active() == line and not self.signalled:
             # serviced by polling while held: EOI now, nothing delivered
-            self.eoi(actions)
+            self.complete_eoi(actions)
             self.last_ack_did_eoi = True
         elif line in self.queue:
             # acknowledged before its turn: out of the queue, unmasked, not an EOI
@@ -198,10 +220,10 @@ class ReferenceIrq:
                 actions.append(UnmaskLine(line))
         elif self.find_active() == line and self.signalled:
             if self.current_route() == Route.MSIX:
-                self.eoi(actions)
+                self.complete_eoi(actions)
                 self.last_ack_did_eoi = True
             elif self.unmask_seen:
-                self.eoi(actions)
+                self.complete_eoi(actions)
                 self.last_ack_did_eoi = True
             else:
                 self.ack_seen = True
@@ -218,9 +240,29 @@ class ReferenceIrq:
             and line is not None
             and self.signalled
             and not self.specs[line].has_ack
+            and not self.exact_when_signalled
         ):
-            self.eoi(actions)
+            self.complete_eoi(actions)
         return self.finish(actions)
+
+    def eoi(self, line: int) -> list[Action]:
+        """The guest wrote `line` to IRQ_EOI (engine: `eoi`)."""
+        self.last_ack_did_eoi = False
+        actions: list[Action] = []
+        active = self.find_active()
+        if active is None or line != active or not self.exact_rules_active():
+            self.ignored_eoi_count += 1
+        elif not self.signalled or self.current_route() == Route.MSIX or self.unmask_seen:
+            self.complete_eoi(actions)
+            self.last_ack_did_eoi = True
+        else:
+            self.ack_seen = True  # waits for the client's unmask
+        return self.finish(actions)
+
+    def set_exact_eoi(self, flag: bool) -> list[Action]:
+        self.last_ack_did_eoi = False
+        self.exact_eoi_bit = flag
+        return self.finish([])
 
     def set_intx_disable(self, flag: bool) -> list[Action]:
         self.last_ack_did_eoi = False
@@ -311,4 +353,7 @@ class ReferenceIrq:
             "signals": self.signal_count,
             "eois": self.eoi_count,
             "coalesced": self.coalesced_count,
+            "exact_eoi": self.exact_eoi_bit,
+            "active_needs_irq_eoi": active is not None and self.exact_rules_active(),
+            "ignored_eois": self.ignored_eoi_count,
         }

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vfu_platform.bridge.bar_plan import (
     BAR_SLOTS,
     IRQ_PAGE_SIZE,
+    IRQ_PAGE_WITH_DESCRIPTOR,
     SLACK,
     Bar,
     BarPlan,
@@ -71,6 +72,22 @@ def test_irq_page_on_a_64k_host_is_one_page_with_slack() -> None:
     assert (irq.index, irq.size, irq.backed_size) == (0, 64 * KIB, IRQ_PAGE_SIZE)
     assert plan.locate(0, IRQ_PAGE_SIZE - 4, 4) == RegionSpan(None, IRQ_PAGE_SIZE - 4, 4)
     assert plan.locate(0, IRQ_PAGE_SIZE, 4) is SLACK
+
+
+def test_irq_page_with_a_guest_descriptor_is_8k() -> None:
+    plan = plan_bars([RegionSpec(0x1000, "regs")], page_size=4 * KIB, irq_page_size=IRQ_PAGE_WITH_DESCRIPTOR)
+    irq = plan.irq_bar
+    assert irq is not None and (irq.index, irq.size, irq.backed_size) == (1, 8 * KIB, 8 * KIB)
+    assert plan.locate(1, 0x1FFC, 4) == RegionSpan(None, 0x1FFC, 4)
+    big = plan_bars([], page_size=64 * KIB, irq_page_size=IRQ_PAGE_WITH_DESCRIPTOR)
+    (irq,) = big.bars
+    assert (irq.size, irq.backed_size) == (64 * KIB, 8 * KIB)
+    assert big.locate(0, 8 * KIB, 4) is SLACK
+
+
+def test_irq_page_size_is_one_of_the_two() -> None:
+    with pytest.raises(BarPlanError, match="IRQ page size"):
+        plan_bars([], page_size=4 * KIB, irq_page_size=0x3000)
 
 
 def test_64bit_bars_take_two_slots() -> None:

@@ -12,6 +12,7 @@ from vfu_platform.bridge.bar_plan import BarPlan, RegionSpec, plan_bars
 from vfu_platform.bridge.config_space import (
     CONFIG_SPACE_SIZE,
     MSIX_CAP_OFFSET,
+    VENDOR_CAP_OFFSET,
     ConfigSpace,
     ConfigWriteEffects,
     PciIds,
@@ -267,6 +268,27 @@ def walk_caps(cs: ConfigSpace) -> list[tuple[int, int]]:
 def test_cap_chain() -> None:
     assert walk_caps(make_cs(vectors=0)) == []
     assert walk_caps(make_cs()) == [(MSIX_CAP_OFFSET, 0x11)]
+
+
+VENDOR_CAP = bytes([0x09, 0xEE, 20, 0x01]) + bytes(range(4, 20))
+
+
+@pytest.mark.parametrize("vectors", [0, 5])
+def test_vendor_capability_is_chained_after_msix_and_read_only(vectors: int) -> None:
+    cs = ConfigSpace(PciIds(), make_plan(), msix_vectors=vectors, vendor_cap=VENDOR_CAP)
+    chain = [(MSIX_CAP_OFFSET, 0x11)] if vectors else []
+    assert walk_caps(cs) == chain + [(VENDOR_CAP_OFFSET, 0x09)]
+    assert cs.vendor_cap_offset == VENDOR_CAP_OFFSET
+    assert cs.read(VENDOR_CAP_OFFSET, 20) == bytes([0x09, 0x00]) + VENDOR_CAP[2:]  # cap_next filled in
+    cs.write(VENDOR_CAP_OFFSET, bytes([0xFF] * 20))
+    cs.reset()
+    assert cs.read(VENDOR_CAP_OFFSET, 20) == bytes([0x09, 0x00]) + VENDOR_CAP[2:]
+    assert rd(cs, 0x06, 2) & 0x10
+
+
+def test_vendor_capability_must_be_vendor_specific() -> None:
+    with pytest.raises(ValueError, match="vendor capability"):
+        ConfigSpace(PciIds(), make_plan(), vendor_cap=bytes([0x11, 0, 20, 1]))
 
 
 @pytest.mark.parametrize("vectors", [1, 8, 64, 65, 128])

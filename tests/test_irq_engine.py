@@ -544,6 +544,106 @@ def test_idle_events_return_the_shared_empty_result() -> None:
     assert engine.client_mask() is NO_ACTIONS
 
 
+# ------------------------------------------------------------------- exact EOI
+
+
+def exact_intx(*specs: LineSpec) -> IrqEngine:
+    engine = live_intx(*specs)
+    assert engine.set_exact_eoi(True) is NO_ACTIONS
+    return engine
+
+
+@pytest.mark.parametrize("order", ["eoi-then-unmask", "unmask-then-eoi"])
+def test_exact_eoi_needs_unmask_and_irq_eoi_in_either_order(order: str) -> None:
+    engine = exact_intx(LEVEL, LEVEL)
+    assert engine.fire(0) == (Signal(INTX),)
+    assert engine.fire(1) == ()
+    if order == "eoi-then-unmask":
+        assert engine.eoi(0) == ()
+        assert engine.active == 0
+        assert engine.client_unmask() == (UnmaskLine(0), Signal(INTX))
+    else:
+        assert engine.client_unmask() == ()
+        assert engine.active == 0, "the unmask alone must not end an exact-EOI interrupt"
+        assert engine.eoi(0) == (UnmaskLine(0), Signal(INTX))
+    assert engine.active == 1 and engine.eois == 1 and engine.ignored_eois == 0
+
+
+def test_exact_eoi_turns_off_the_first_access_heuristic_in_msix() -> None:
+    engine = live_msix(LEVEL, LEVEL)
+    engine.set_exact_eoi(True)
+    assert engine.fire(0) == (Signal(0),)
+    assert engine.trapped_access() == ()
+    assert engine.active == 0
+    assert engine.eoi(0) == (UnmaskLine(0),)
+    assert engine.trapped_access() == ()  # the IRQ_EOI write itself: no second EOI
+    assert engine.eois == 1
+
+
+def test_exact_eoi_ignores_the_ack_register_of_the_active_line() -> None:
+    engine = exact_intx(LEVEL_ACK)
+    engine.fire(0)
+    assert engine.ack(0) == ()
+    assert engine.client_unmask() == ()
+    assert engine.active == 0
+    assert engine.eoi(0) == (UnmaskLine(0),)
+
+
+def test_ack_of_a_queued_line_still_dequeues_under_exact_eoi() -> None:
+    engine = exact_intx(LEVEL, LEVEL_ACK)
+    engine.fire(0)
+    engine.fire(1)
+    assert engine.ack(1) == (UnmaskLine(1),)
+    assert engine.pending == ()
+
+
+def test_bad_irq_eoi_writes_are_ignored_and_counted() -> None:
+    engine = exact_intx(LEVEL, LEVEL)
+    assert engine.eoi(0) == ()  # nothing active
+    engine.fire(0)
+    engine.fire(1)
+    assert engine.eoi(1) == ()  # PENDING, not ACTIVE: no dequeue
+    assert engine.eoi(2) == () and engine.eoi(-1) == () and engine.eoi(0xFFFFFFFF) == ()
+    assert engine.ignored_eois == 5
+    assert engine.active == 0 and engine.pending == (1,)
+
+
+def test_irq_eoi_without_exact_is_ignored() -> None:
+    engine = live_intx(LEVEL)
+    engine.fire(0)
+    assert engine.eoi(0) == ()
+    assert engine.ignored_eois == 1
+    assert engine.client_unmask() == (UnmaskLine(0),)  # the seed's rule still holds
+
+
+def test_exact_flag_is_latched_when_the_line_is_signalled() -> None:
+    engine = live_intx(LEVEL, LEVEL)
+    engine.fire(0)  # signalled before exact: the seed's rule to its end
+    engine.set_exact_eoi(True)
+    assert engine.eoi(0) == () and engine.ignored_eois == 1
+    engine.fire(1)
+    assert engine.client_unmask() == (UnmaskLine(0), Signal(INTX))  # line 1 now exact
+    engine.set_exact_eoi(False)
+    assert engine.client_unmask() == ()
+    assert engine.eoi(1) == (UnmaskLine(1),)
+
+
+def test_held_line_follows_the_current_flag_and_irq_eoi_services_it_by_polling() -> None:
+    engine = exact_intx(LEVEL)
+    engine.set_intx_disable(True)
+    engine.fire(0)
+    assert engine.eoi(0) == (UnmaskLine(0),)  # polled and EOId while held: never delivered
+    assert engine.set_intx_disable(False) == ()
+    assert engine.signals == 0 and engine.eois == 1
+
+
+def test_reset_clears_exact_eoi() -> None:
+    engine = exact_intx(LEVEL)
+    assert engine.exact_eoi
+    engine.reset()
+    assert not engine.exact_eoi
+
+
 # --------------------------------------------------------- differential testing
 
 MAX_LINES = 5
@@ -558,8 +658,11 @@ CONFIG_EVENTS = (
     "msix_function_mask",
     "msix_vector_mask",
     "vector_fd",
+    "set_exact_eoi",
     "reset",
 )
+#: Values a guest may write to IRQ_EOI: every line, and numbers that are none.
+EOI_VALUE = st.integers(min_value=-1, max_value=MAX_LINES + 1) | st.just(0xFFFFFFFF)
 
 
 def engine_observable(engine: IrqEngine) -> dict[str, object]:
@@ -574,6 +677,9 @@ def engine_observable(engine: IrqEngine) -> dict[str, object]:
         "signals": engine.signals,
         "eois": engine.eois,
         "coalesced": engine.coalesced,
+        "exact_eoi": engine.exact_eoi,
+        "active_needs_irq_eoi": engine.active_needs_irq_eoi,
+        "ignored_eois": engine.ignored_eois,
     }
 
 
@@ -641,6 +747,19 @@ class EngineVersusReference(RuleBasedStateMachine):
 
     @rule()
     def trapped_access(self) -> None:
+        self.step("trapped_access")
+
+    @rule(value=EOI_VALUE)
+    def write_irq_eoi(self, value: int) -> None:
+        """The guest writes a number to IRQ_EOI: eoi(), then the access itself."""
+        self.step("eoi", value)
+        self.step("trapped_access")
+
+    @rule()
+    def write_irq_eoi_for_active(self) -> None:
+        """What a correct guest driver writes: the ACTIVE line (most useful case)."""
+        active = self.engine.active
+        self.step("eoi", 0 if active is None else active)
         self.step("trapped_access")
 
     # Configuration events share two rules, so that the delivery events above (which
@@ -722,9 +841,13 @@ def service(device: Device, on_msix: bool) -> None:
         assert engine.pba & (1 << line) == 0 and (on_msix or engine.intx_asserted)
         eois = engine.eois
         device.lower_line(line)
+        exact = engine.active_needs_irq_eoi
         if engine.specs[line].has_ack:
             device.run(engine.ack(line))
         device.run(engine.trapped_access())
+        if exact:  # the guest bridge driver's IRQ_EOI write (itself a trapped access)
+            device.run(engine.eoi(line))
+            device.run(engine.trapped_access())
         if not on_msix and engine.active == line:
             device.run(engine.client_unmask())  # QEMU's UNMASK, if not already sent
         assert engine.eois == eois + 1, "one serviced interrupt must be exactly one EOI"
@@ -774,6 +897,13 @@ class NothingAssertedIsLost(RuleBasedStateMachine):
     @rule()
     def client_unmask(self) -> None:
         self.device.run(self.device.engine.client_unmask())
+
+    @rule(value=EOI_VALUE)
+    def irq_eoi(self, value: int) -> None:
+        """The guest writes IRQ_EOI (a trapped write)."""
+        engine = self.device.engine
+        self.device.run(engine.eoi(value))
+        self.device.run(engine.trapped_access())
 
     @rule(event=st.sampled_from(CONFIG_EVENTS), index=INDEX, flag=st.booleans())
     def configure(self, event: str, index: int, flag: bool) -> None:

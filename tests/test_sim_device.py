@@ -413,7 +413,8 @@ def test_close_releases_fds(make: Callable[[], SimDevice]) -> None:
 
 
 def test_registry_builtins() -> None:
-    assert known_models() == ("edu", "gpio")
+    assert known_models() == tuple(sorted(known_models()))
+    assert {"edu", "gpio", "pl031", "pl061"} <= set(known_models())
     edu = create_model("edu", {"dma_mask": "0xfff", "dma_delay": "0.5"})
     assert isinstance(edu, EduDevice) and edu.dma_mask == 0xFFF and edu.dma_delay == 0.5
     gpio = create_model("gpio", {"lines": "6", "edge": "false"})

@@ -7,6 +7,11 @@ Example:
     model = "gpio"
     options = { lines = 4 }
 
+    # or a device group, several platform devices behind one bridge function
+    # (the same as `--device pl031,pl061 -o pl061.ngpios=8`): options per member label
+    # models = ["pl031", "pl061"]
+    # options = { pl061 = { ngpios = 8 } }    # or [device.options.pl061] ngpios = 8
+
     [bridge]
     vendor_id = 0x1234
     device_id = 0x5650
@@ -24,6 +29,7 @@ Example:
 
     [server]
     max_data_xfer_size = 1048576
+    message_timeout = 5.0      # drop a client stalled this long (seconds)
 
 Unknown keys are errors, so a typo never passes silently.
 """
@@ -39,6 +45,9 @@ U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 
 class DeviceSection(msgspec.Struct, forbid_unknown_fields=True):
     model: str | None = None
+    #: a device group (vfu_platform.backends.group): member models in order; then
+    #: `options` is a table per member label (model name, "name#k" when repeated)
+    models: list[str] | None = None
     host: str | None = None
     sysfsdev: str | None = None
     options: dict[str, Any] = {}
@@ -75,6 +84,8 @@ class BridgeSection(msgspec.Struct, forbid_unknown_fields=True):
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     max_data_xfer_size: Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)] = 1 << 20
     write_multiple: bool = True
+    #: seconds a client may stall (no VERSION, a message left incomplete, a reply not taken)
+    message_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

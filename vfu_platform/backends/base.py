@@ -95,9 +95,14 @@ class Timer(Protocol):
 
 
 class Scheduler(Protocol):
-    """Deferred work, run by the server's event loop (never inside a message handler)."""
+    """Deferred work and fd watches, run by the server's event loop (never inside a message handler)."""
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+    # fd readiness (a model's host side, e.g. a UART's pty): callback runs when fd is readable
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -154,6 +159,17 @@ class DeviceBackend(abc.ABC):
     def reset(self) -> None:
         """Back to power-on state; IRQ lines masked, triggers kept."""
 
+    #: words that address this device in a host control command, besides `name`
+    control_names: tuple[str, ...] = ()
+
+    def control(self, words: list[str]) -> str:
+        """Run one host-side control command (`vfu-platform control`); one reply line.
+
+        The reply starts with "ok" or "error:".  Called from the server's event
+        loop, never inside a region access.  See `route_control` for groups.
+        """
+        return "error: this device has no control commands"
+
     def guest_devices(self) -> tuple[GuestDevice, ...]:
         """The platform devices a guest should create (docs/guest-descriptor.md); default none."""
         return ()
@@ -163,6 +179,26 @@ class DeviceBackend(abc.ABC):
 
     def close(self) -> None:
         """Release everything the backend holds (fds, mappings)."""
+
+
+def route_control(devices: Sequence[DeviceBackend], words: list[str]) -> str:
+    """Dispatch a control command to one of `devices` by its first word.
+
+    A first word that is a device's `name` or one of its `control_names` picks
+    that device, which gets the remaining words ("pl061 set 3 1" -> pl061's
+    `control(["set", "3", "1"])`).  With a single device the prefix is optional
+    ("set 3 1" works too); with several it is required.  A device group's own
+    `control` can be `route_control(self.members, words)`.
+    """
+    if not words:
+        return "error: empty command"
+    for device in devices:
+        if words[0] == device.name or words[0] in device.control_names:
+            return device.control(words[1:])
+    if len(devices) == 1:
+        return devices[0].control(words)
+    names = ", ".join(device.name for device in devices)
+    return f"error: no device {words[0]!r} (devices: {names})"
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ be mmapped must cover whole host pages (arm64 hosts may use 64 KiB pages), so:
 The bytes of a BAR past the end of its region ("slack") read as zero and drop writes.
 
 Platform regions take BARs in region order from BAR0; the server-emulated IRQ page (MSI-X
-table, PBA, IRQ status registers: `IRQ_PAGE_SIZE` bytes) takes the next free slot.
+table, PBA, IRQ status registers: `IRQ_PAGE_SIZE` bytes, or `IRQ_PAGE_WITH_DESCRIPTOR`
+when it also carries the guest descriptor at 0x1000) takes the next free slot.
 
 Zero-sized platform regions get no BAR and use no slot: a PCI BAR of size 0 is "absent",
 so such a region could never be reached by the guest anyway, and skipping it leaves the
@@ -29,6 +30,8 @@ from typing import Final
 BAR_SLOTS: Final = 6
 #: Bytes of the server-emulated IRQ page that carry registers (MSI-X table, PBA, status).
 IRQ_PAGE_SIZE: Final = 0x1000
+#: The IRQ page when it also holds the guest descriptor (docs/guest-descriptor.md) from 0x1000.
+IRQ_PAGE_WITH_DESCRIPTOR: Final = 0x2000
 #: A 32-bit memory BAR can decode at most 2 GiB; larger regions get a 64-bit BAR.
 MAX_32BIT_BAR: Final = 1 << 31
 #: The largest BAR a 64-bit register can describe.
@@ -195,8 +198,9 @@ def plan_bars(
     page_size: int | None = None,
     irq_page: bool = True,
     irq_page_64bit: bool = False,
+    irq_page_size: int = IRQ_PAGE_SIZE,
 ) -> BarPlan:
-    """Lay out `regions` (in order) and, if wanted, the IRQ page as BARs.
+    """Lay out `regions` (in order) and, if wanted, the IRQ page (`irq_page_size` bytes) as BARs.
 
     `page_size` defaults to this host's (`mmap.PAGESIZE`).  Raises `BarPlanError` when
     the regions do not fit in six BAR slots or a region is too large for any BAR.
@@ -219,8 +223,11 @@ def plan_bars(
         is_64bit = spec.is_64bit or size > MAX_32BIT_BAR
         wanted.append(Bar(0, size, number, is_64bit, spec.prefetchable, spec.size, spec.name))
     if irq_page:
-        size = bar_size(IRQ_PAGE_SIZE, page_size)
-        wanted.append(Bar(0, size, None, irq_page_64bit, False, IRQ_PAGE_SIZE, "irq-page"))
+        if irq_page_size not in (IRQ_PAGE_SIZE, IRQ_PAGE_WITH_DESCRIPTOR):
+            raise BarPlanError(f"IRQ page size {irq_page_size:#x} is not {IRQ_PAGE_SIZE:#x} or "
+                               f"{IRQ_PAGE_WITH_DESCRIPTOR:#x}")
+        size = bar_size(irq_page_size, page_size)
+        wanted.append(Bar(0, size, None, irq_page_64bit, False, irq_page_size, "irq-page"))
 
     needed = sum(bar.slots for bar in wanted)
     if needed > BAR_SLOTS:

@@ -2,7 +2,9 @@
 """The PCI function's config space: a fully emulated 256-byte type-0 header.
 
 Conventional PCI (no PCIe capability, as the protocol brief recommends for
-vfio-user-pci), with at most one capability, MSI-X.  QEMU keeps its own copy of the BARs,
+vfio-user-pci), with at most two capabilities: MSI-X at 0x40, then the vendor-specific
+one that announces the guest descriptor (docs/guest-descriptor.md) at 0x50, chained in
+that order from CAPABILITY_LIST; both read-only except the two MSI-X control bits.  QEMU keeps its own copy of the BARs,
 the ROM BAR, the capability pointers and the MSI-X capability, but it reads the raw BAR
 type bits from here, forwards every guest config write, and passes through COMMAND,
 STATUS and the interrupt line and pin.
@@ -74,6 +76,9 @@ MSIX_CAP_SIZE: Final = 12
 MSIX_CONTROL_QSIZE: Final = 0x07FF
 MSIX_CONTROL_MASKALL: Final = 0x4000
 MSIX_CONTROL_ENABLE: Final = 0x8000
+CAP_ID_VENDOR: Final = 0x09
+#: Where the vendor-specific (guest descriptor) capability lives: after MSI-X's 12 bytes.
+VENDOR_CAP_OFFSET: Final = 0x50
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,8 @@ class ConfigSpace:
     `msix_vectors` > 0 adds an MSI-X capability at `MSIX_CAP_OFFSET` whose table sits at
     `msix.TABLE_OFFSET` and PBA at `msix.PBA_OFFSET` of BAR `msix_bar` (default: the
     plan's IRQ page BAR).  `interrupt_pin` is 0 (no INTx) or 1..4 (INTA..INTD).
+    `vendor_cap` (the bytes of a vendor-specific capability from its cap_id, whose
+    cap_next this fills in) is placed at `VENDOR_CAP_OFFSET`, after MSI-X in the list.
     """
 
     def __init__(
@@ -157,6 +164,7 @@ class ConfigSpace:
         msix_vectors: int = 0,
         msix_bar: int | None = None,
         interrupt_pin: int = 1,
+        vendor_cap: bytes | None = None,
     ) -> None:
         if not 0 <= interrupt_pin <= 4:
             raise ValueError(f"interrupt pin {interrupt_pin} not in 0..4")
@@ -168,6 +176,7 @@ class ConfigSpace:
         self._interrupt_pin = interrupt_pin
         self._msix_cap: int | None = None
         self._msix_bar: int | None = None
+        self._vendor_cap: int | None = None
 
         cfg = bytearray(CONFIG_SPACE_SIZE)
         wmask = bytearray(CONFIG_SPACE_SIZE)
@@ -217,6 +226,19 @@ class ConfigSpace:
             self._msix_bar = msix_bar
         elif msix_bar is not None:
             raise ValueError("msix_bar given without MSI-X vectors")
+
+        if vendor_cap is not None:
+            cap = VENDOR_CAP_OFFSET
+            if len(vendor_cap) < 3 or vendor_cap[0] != CAP_ID_VENDOR or cap + len(vendor_cap) > CONFIG_SPACE_SIZE:
+                raise ValueError("vendor capability: expected cap_id 0x09 and a length that fits the header")
+            cfg[cap : cap + len(vendor_cap)] = vendor_cap
+            _put(cfg, cap + 1, 1, 0)  # end of chain
+            if self._msix_cap is not None:
+                _put(cfg, self._msix_cap + 1, 1, cap)
+            else:
+                _put(cfg, CAPABILITY_LIST, 1, cap)
+            _put(cfg, STATUS, 2, STATUS_CAP_LIST)
+            self._vendor_cap = cap
 
         self._cfg = cfg
         self._wmask = bytes(wmask)
@@ -314,6 +336,11 @@ class ConfigSpace:
     def msix_cap_offset(self) -> int | None:
         """Offset of the MSI-X capability, None without MSI-X."""
         return self._msix_cap
+
+    @property
+    def vendor_cap_offset(self) -> int | None:
+        """Offset of the vendor-specific (guest descriptor) capability, None without it."""
+        return self._vendor_cap
 
     @property
     def msix_bar(self) -> int | None:

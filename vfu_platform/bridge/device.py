@@ -6,6 +6,11 @@ Regions 0-5 are the BARs of the BAR plan (platform regions, then the IRQ page),
 IRQ indexes: INTx (count 1), MSI (0), MSI-X (one vector per platform IRQ in
 `msix` mode, else 0), ERR (1, never signalled), REQ (0).
 
+Guest descriptor: a backend whose `guest_devices()` is not empty gets the
+vendor-specific capability and the descriptor at 0x1000 of an 8 KiB IRQ page
+(docs/guest-descriptor.md); the others keep the 4 KiB IRQ page and no capability,
+so what they show a guest does not change.
+
 Interrupts: each platform line's trigger eventfd (between bridge and backend,
 owned here, kept across clients) is watched by the event loop; its signal is an
 event for the IRQ engine, whose actions the bridge carries out: write the
@@ -28,11 +33,20 @@ from vfu_platform.backends.base import (
     DmaError,
     DmaSpace,
 )
-from vfu_platform.bridge.bar_plan import SLACK, BarPlan, RegionSpec, plan_bars
+from vfu_platform import guest_descriptor
+from vfu_platform.bridge import descriptor as guest_desc
+from vfu_platform.bridge.bar_plan import (
+    IRQ_PAGE_SIZE,
+    IRQ_PAGE_WITH_DESCRIPTOR,
+    SLACK,
+    BarPlan,
+    RegionSpec,
+    plan_bars,
+)
 from vfu_platform.bridge.config_space import CONFIG_SPACE_SIZE, ConfigSpace, ConfigWriteEffects, PciIds
 from vfu_platform.bridge.device_reset import DeviceResetter, is_host_backend
 from vfu_platform.bridge.host_dma import HostDma, supports_host_dma
-from vfu_platform.bridge.irq_page import IrqPage
+from vfu_platform.bridge.irq_page import DESCRIPTOR_OFFSET, IRQ_CTRL, IRQ_CTRL_EXACT_EOI, IRQ_EOI, IrqPage
 from vfu_platform.bridge.msix import ENTRY_SIZE, MsixTable
 from vfu_platform.irq import IrqEngine, LineSpec, Route, Signal, UnmaskLine
 from vfu_platform.protocol import messages as m
@@ -122,7 +136,11 @@ class PciBridge:
             )
             for r in platform_regions
         ]
-        self.plan: BarPlan = plan_bars(specs, page_size=self.options.page_size, irq_page=True)
+        declared = tuple(backend.guest_devices())
+        self.plan: BarPlan = plan_bars(
+            specs, page_size=self.options.page_size, irq_page=True,
+            irq_page_size=IRQ_PAGE_WITH_DESCRIPTOR if declared else IRQ_PAGE_SIZE,
+        )
         irqs = list(backend.irqs())
         self._irqs = irqs
         acks = list(self.options.ack_registers)
@@ -137,11 +155,22 @@ class PciBridge:
         self.engine = IrqEngine([LineSpec(automasked=i.automasked, has_ack=i.index in acked) for i in irqs])
         msix_vectors = len(irqs) if self.options.irq_mode == "msix" and irqs else 0
         self.msix = MsixTable(msix_vectors) if msix_vectors else None
-        self.config = ConfigSpace(self.options.ids, self.plan, msix_vectors=msix_vectors, interrupt_pin=1)
         irq_bar = self.plan.irq_bar
         assert irq_bar is not None
         self._irq_bar_index = irq_bar.index
-        self.irq_page = IrqPage(self.engine, self.msix, lambda: self.irq_wakeups)
+        #: the guest descriptor's records and bytes (empty without guest devices)
+        self.guest_devices: tuple[guest_descriptor.DeviceRecord, ...] = ()
+        self.descriptor = b""
+        vendor_cap = None
+        if declared:
+            self.guest_devices = guest_desc.resolve(
+                declared, platform_regions, irqs, self.plan, self._mmapped, msix_vectors > 0)
+            self.descriptor = guest_desc.encode(self.guest_devices, msix_vectors > 0)
+            cap = guest_descriptor.Capability(irq_bar.index, DESCRIPTOR_OFFSET, len(self.descriptor))
+            vendor_cap = guest_descriptor.encode_capability(cap)
+        self.config = ConfigSpace(self.options.ids, self.plan, msix_vectors=msix_vectors, interrupt_pin=1,
+                                  vendor_cap=vendor_cap)
+        self.irq_page = IrqPage(self.engine, self.msix, lambda: self.irq_wakeups, self.descriptor)
         #: times the server woke up for an interrupt (a line trigger or the resamplefd)
         self.irq_wakeups = 0
         self._bypassed = False
@@ -303,7 +332,7 @@ class PciBridge:
 
     def _bar_read(self, index: int, offset: int, count: int) -> bytes:
         if index == self._irq_bar_index:
-            return self.irq_page.read(offset, count) if offset < 0x1000 else bytes(count)
+            return self.irq_page.read(offset, count)
         span = self.plan.locate(index, offset, count)
         if span is SLACK:
             return bytes(count)
@@ -315,7 +344,8 @@ class PciBridge:
             self._config_write(offset, data)
             return
         if index == self._irq_bar_index:
-            if offset < 0x1000 and self.msix is not None:
+            self._irq_page_registers(offset, data)
+            if offset < DESCRIPTOR_OFFSET and self.msix is not None:
                 self.irq_page.write(offset, data)
                 # Hand the engine every mask bit this write touched, changed or not: the
                 # table powers on masked while the engine starts unmasked (QEMU emulates
@@ -340,6 +370,20 @@ class PciBridge:
         actions = self.engine.trapped_access()
         if actions:
             self._apply(actions)
+
+    def _irq_page_registers(self, offset: int, data: bytes) -> None:
+        """IRQ_EOI and IRQ_CTRL writes (docs/irq-page.md): engine inputs."""
+        for register, value in self.irq_page.register_writes(offset, data):
+            if register == IRQ_EOI:
+                ignored = self.engine.ignored_eois
+                self._apply(self.engine.eoi(value))
+                if self.engine.ignored_eois != ignored:
+                    self._bump("irq-eoi-ignored")
+                self.trace("irq-eoi-write", line=value, ignored=self.engine.ignored_eois != ignored)
+            elif register == IRQ_CTRL:
+                exact = bool(value & IRQ_CTRL_EXACT_EOI)
+                self.trace("irq-ctrl", exact_eoi=exact)
+                self._apply(self.engine.set_exact_eoi(exact))
 
     def _check_acks(self, region: int, offset: int, data: bytes) -> None:
         acks = self._acks_by_region.get(region)

@@ -32,6 +32,20 @@ EOI completion
     route MSIX: `ack(line)` for a line with an ack register, else the first
     `trapped_access()` after the signal (the seed's heuristic).
 
+Exact EOI (`set_exact_eoi`, the IRQ page's IRQ_CTRL.EXACT_EOI; docs/guest-descriptor.md)
+    While the flag governs an activation, its EOI source is `eoi(line)` (the guest's
+    IRQ_EOI write) instead of the above: route INTX needs both the client unmask and
+    `eoi(line)` (either order, the ack-register rule), route MSIX `eoi(line)` alone;
+    `ack()` and `trapped_access()` then never complete it.  The flag in force when a
+    line is signalled governs that activation to its end (a change never alters the
+    rules of an interrupt the guest already sees); a line not yet signalled follows
+    the current flag.  `eoi(line)` of the ACTIVE line while its delivery is held
+    completes the EOI without delivering it, as `ack()` does.  `eoi(x)` is ignored
+    and counted (`ignored_eois`) when x is out of range, is not the ACTIVE line, or
+    the flag does not govern that activation: x is a guest-written number, never a
+    caller bug.  An `ack()` of a queued line still takes it out of the queue.
+    `reset()` clears the flag.
+
 Liveness: a route is live when its index is enabled (route MSIX implies MSI-X is
 enabled; route INTX is live while the INTx trigger is installed).
 
@@ -50,8 +64,8 @@ enabled; route INTX is live while the INTx trigger is installed).
   are fired again, in order, under the MSIX rules.  An INTx activation already
   signalled is abandoned: the guest saw it; its level line is unmasked as above.
 
-The event that EOIs one line never EOIs the next one: an `ack()` that completes an
-EOI makes the following `trapped_access()` (the same guest write, the caller's
+The event that EOIs one line never EOIs the next one: an `ack()` or `eoi()` that
+completes an EOI makes the following `trapped_access()` (the same guest write, the caller's
 contract is to call `ack` then `trapped_access`) a no-op.  Any other event in between
 cancels that.  An explicit ack is never suppressed, though: one write that covers the
 ack registers of two lines acknowledges both sources on the device, so `ack(a)` then
@@ -137,6 +151,7 @@ class IrqEngine:
         "_held", "_masked", "_route", "_intx_enabled", "_client_masked",
         "_intx_disabled", "_msix_enabled", "_function_masked", "_vector_masked",
         "_vector_fd", "_access_spent", "_signals", "_eois", "_coalesced",
+        "_exact", "_active_exact", "_ignored_eois",
     )
 
     def __init__(self, specs: Sequence[LineSpec]) -> None:
@@ -149,6 +164,7 @@ class IrqEngine:
         self._signals = 0
         self._eois = 0
         self._coalesced = 0
+        self._ignored_eois = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -156,8 +172,8 @@ class IrqEngine:
         self._state: list[LineState] = [_INACTIVE] * self._n
         self._active: int | None = None
         self._signalled = False  # the ACTIVE line's Signal was emitted
-        self._unmask_seen = False  # route INTX, ack line: client unmask seen
-        self._ack_seen = False  # route INTX, ack line: ack seen
+        self._unmask_seen = False  # route INTX, ack line or exact EOI: client unmask seen
+        self._ack_seen = False  # route INTX, ack line or exact EOI: ack (IRQ_EOI) seen
         self._queue: deque[int] = deque()
         self._held: set[int] = set()  # route MSIX: edge lines waiting for their vector
         # Automasked lines the engine knows to be masked on the device.
@@ -171,6 +187,8 @@ class IrqEngine:
         self._vector_masked: list[bool] = [False] * self._n
         self._vector_fd: list[bool] = [False] * self._n
         self._access_spent = False
+        self._exact = False  # IRQ_CTRL.EXACT_EOI
+        self._active_exact = False  # the flag latched when the ACTIVE line was signalled
 
     # ------------------------------------------------------------------ events
 
@@ -197,7 +215,7 @@ class IrqEngine:
         out: list[Action] = []
         if not self._signalled:
             self._signal_active(out)  # it was held by the client mask
-        elif self._ack_seen or not self._specs[active].has_ack:
+        elif self._ack_seen or not (self._active_exact or self._specs[active].has_ack):
             self._complete_eoi(out)
         else:
             self._unmask_seen = True
@@ -216,6 +234,8 @@ class IrqEngine:
             raise ValueError(f"IRQ line {line} has no ack register")
         self._access_spent = False
         out: list[Action] = []
+        if line == self._active and self._governed_by_exact():
+            return NO_ACTIONS  # exact EOI: only IRQ_EOI ends this activation
         if line == self._active and not self._signalled:
             # Serviced by polling while its delivery was held (INTx disabled, masked,
             # no vector): the EOI completes and nothing is delivered.  Signalling it
@@ -242,6 +262,26 @@ class IrqEngine:
         self._access_spent = True
         return _result(out)
 
+    def eoi(self, line: int) -> Actions:
+        """The guest wrote `line` to IRQ_EOI (any int; see "Exact EOI" in the module docs)."""
+        self._access_spent = False
+        if line != self._active or not self._governed_by_exact():
+            self._ignored_eois += 1
+            return NO_ACTIONS
+        out: list[Action] = []
+        if self._signalled and self._route is Route.INTX and not self._unmask_seen:
+            self._ack_seen = True
+            return NO_ACTIONS
+        self._complete_eoi(out)  # held (serviced by polling), MSIX, or INTX after the unmask
+        self._access_spent = True
+        return _result(out)
+
+    def set_exact_eoi(self, flag: bool) -> Actions:
+        """IRQ_CTRL.EXACT_EOI: governs activations signalled from now on."""
+        self._access_spent = False
+        self._exact = flag
+        return NO_ACTIONS
+
     def trapped_access(self) -> Actions:
         """Any trapped region access: the seed's first-access EOI (route MSIX only)."""
         if self._access_spent:
@@ -253,6 +293,7 @@ class IrqEngine:
             or not self._signalled
             or self._route is not Route.MSIX
             or self._specs[active].has_ack
+            or self._active_exact
         ):
             return NO_ACTIONS
         out: list[Action] = []
@@ -421,6 +462,21 @@ class IrqEngine:
         """Fires ignored because the line was already ACTIVE or PENDING."""
         return self._coalesced
 
+    @property
+    def exact_eoi(self) -> bool:
+        """IRQ_CTRL.EXACT_EOI as last set (cleared by `reset()`)."""
+        return self._exact
+
+    @property
+    def active_needs_irq_eoi(self) -> bool:
+        """True if the ACTIVE line's EOI is ruled by exact EOI (its IRQ_EOI write)."""
+        return self._active is not None and self._governed_by_exact()
+
+    @property
+    def ignored_eois(self) -> int:
+        """`eoi()` calls that did nothing (out of range, not ACTIVE, not exact)."""
+        return self._ignored_eois
+
     def line_state(self, line: int) -> LineState:
         self._check_line(line)
         return self._state[line]
@@ -434,6 +490,10 @@ class IrqEngine:
     def _check_vector(self, vector: int) -> None:
         if not 0 <= vector < self._n:
             raise ValueError(f"MSI-X vector {vector} out of range 0..{self._n - 1}")
+
+    def _governed_by_exact(self) -> bool:
+        """Whether the exact-EOI rule applies to the ACTIVE line (assumes there is one)."""
+        return self._active_exact if self._signalled else self._exact
 
     def _intx_deliverable(self) -> bool:
         return self._intx_enabled and not self._client_masked and not self._intx_disabled
@@ -464,6 +524,7 @@ class IrqEngine:
         self._state[line] = _ACTIVE
         self._active = line
         self._signalled = False
+        self._active_exact = False
         self._unmask_seen = False
         self._ack_seen = False
         self._signal_active(out)
@@ -482,6 +543,7 @@ class IrqEngine:
                 return
             signal = self._signal_vector[active]
         self._signalled = True
+        self._active_exact = self._exact
         self._emit(signal, out)
 
     def _release(self, out: list[Action]) -> None:
@@ -523,6 +585,7 @@ class IrqEngine:
             self._state[line] = _INACTIVE
         self._active = None
         self._signalled = False
+        self._active_exact = False
         self._unmask_seen = False
         self._ack_seen = False
         self._queue.clear()

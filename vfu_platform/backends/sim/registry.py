@@ -18,9 +18,17 @@ from collections.abc import Mapping
 
 from vfu_platform.backends.base import DeviceBackend
 from vfu_platform.backends.sim.edu import EduDevice
+from vfu_platform.backends.sim.dw_apb_uart import DwApbUartDevice
 from vfu_platform.backends.sim.gpio import GpioDevice
+from vfu_platform.backends.sim.pl011 import Pl011Device
+from vfu_platform.backends.sim.pl031 import Pl031Device
+from vfu_platform.backends.sim.pl061 import Pl061Device
 
 MODELS: dict[str, type[DeviceBackend]] = {"edu": EduDevice, "gpio": GpioDevice}
+MODELS["pl011"] = Pl011Device
+MODELS["dw-apb-uart"] = DwApbUartDevice
+MODELS["pl031"] = Pl031Device
+MODELS["pl061"] = Pl061Device
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -91,6 +99,9 @@ def _convert_options(
 
 
 def _convert(name: str, key: str, value: object, hint: object) -> object:
+    optional = typing.get_args(hint)  # `int | None` converts as int
+    if len(optional) == 2 and type(None) in optional:
+        hint = next(arg for arg in optional if arg is not type(None))
     if not isinstance(value, str) or hint not in (int, float, bool):
         return value
     text = value.strip()

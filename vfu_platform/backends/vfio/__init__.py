@@ -7,6 +7,7 @@
     iommufd.py    whether the iommufd + cdev path could be used, and why not
     discovery.py  device / region (capability chain) / IRQ info
     device.py     VfioHostBackend, the DeviceBackend implementation
+    guest_devices.py  describe_host_guest_devices: the guest descriptor's devices from sysfs + DT
     inspect.py    the report behind `vfu-platform inspect`
     errors.py     VfioHostError and its Problem kinds
 """

@@ -23,6 +23,7 @@ from vfu_platform.backends.base import BackendError, DeviceBackend, DmaError, Ir
 from vfu_platform.backends.vfio import discovery, uapi
 from vfu_platform.backends.vfio.attach import VfioHandle, open_device
 from vfu_platform.backends.vfio.container import IommuInfo, IommuType
+from vfu_platform.backends.guest import GuestDevice
 from vfu_platform.backends.vfio.errors import Problem, VfioHostError, kernel_error
 from vfu_platform.backends.vfio.sysfs import SysfsDevice, find_device
 
@@ -111,6 +112,16 @@ class VfioHostBackend(DeviceBackend):
                     name=discovery.irq_name(info.flags, q.index, irq_names))
             for q in self.host_irqs
         )
+        self._guest_devices: tuple[GuestDevice, ...] = ()
+        if not info.flags & lib.VFIO_DEVICE_FLAGS_PCI:
+            # imported here, so that `python -m ...vfio.guest_devices` runs it without a warning
+            from vfu_platform.backends.vfio.guest_devices import HostDescriptionError, describe_host_guest_devices
+
+            try:
+                self._guest_devices = describe_host_guest_devices(
+                    dev.path, num_regions=len(self._regions), irq_flags=[q.flags for q in self._irqs])
+            except (OSError, HostDescriptionError) as e:  # the device still works; the guest gets no descriptor
+                log.warning("%s: no guest descriptor: %s", dev.name, e)
 
     @property
     def device_fd(self) -> int:
@@ -137,6 +148,10 @@ class VfioHostBackend(DeviceBackend):
 
     def irqs(self) -> Sequence[IrqInfo]:
         return self._irqs
+
+    def guest_devices(self) -> tuple[GuestDevice, ...]:
+        """The platform device as its DT describes it (vfio/guest_devices.py); () for PCI."""
+        return self._guest_devices
 
     def iommu_info(self) -> IommuInfo | None:
         """IOMMU page sizes and usable IOVA ranges (type1 only; None in no-IOMMU mode)."""
