@@ -35,6 +35,8 @@ EXPECTED = [
     "vmmio_loopback",
     # `vfu-platform inspect`: table and JSON with the bridge plan
     "pl031_inspect_cli_table", "pl031_inspect_cli_json", "vmmio_inspect_cli_json",
+    # the guest descriptor of the real pl031 (sysfs + DT) equals the simulated pl031's
+    "pl031_descriptor_matches_model", "pl031_descriptor_capability",
 ]
 
 

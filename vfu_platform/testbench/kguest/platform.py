@@ -246,6 +246,34 @@ def virtio_mmio(c: Checks, device: sysfs.SysfsDevice) -> None:
             and "iommu=auto" in str(e), common.describe(e))
 
 
+def pl031_guest_descriptor(c: Checks, device: sysfs.SysfsDevice) -> None:
+    """The guest descriptor a bridge serves for the real pl031 (read from sysfs and the DT)
+    equals the one it serves for the simulated pl031: name, binding, peripheral ID,
+    compatible, regions (BAR, offset, size, name), IRQs (line, trigger); properties (the
+    host's DT adds its apb_pclk rate) and region flags (mmapped or trapped) are shown."""
+    from vfu_platform.backends.sim.pl031 import Pl031Device
+    from vfu_platform.bridge.device import PciBridge
+
+    host = PciBridge(VfioHostBackend(device.name))
+    model = PciBridge(Pl031Device(epoch=0))
+    try:
+        def shape(records: tuple) -> list:  # region flags say mmapped/trapped: transport, not device
+            return [(r.name, r.bind, hex(r.amba_id or 0), r.compatible,
+                     [(g.bar, g.offset, g.size, g.name) for g in r.regions], r.irqs) for r in records]
+
+        same = bool(host.guest_devices) and shape(host.guest_devices) == shape(model.guest_devices)
+        props = [[(p.name, p.value) for p in r.properties] for r in host.guest_devices]
+        flags = [[g.flags for g in r.regions] for r in host.guest_devices + model.guest_devices]
+        c.check("pl031_descriptor_matches_model", same,
+                f"host {shape(host.guest_devices)} properties {props}; model {shape(model.guest_devices)}; "
+                f"region flags host/model {flags}")
+        c.check("pl031_descriptor_capability", host.descriptor[:4] == b"VFUD" and len(host.descriptor) > 16,
+                f"{len(host.descriptor)} bytes")
+    finally:
+        host.close()
+        model.close()
+
+
 def pl031_inspect_command(c: Checks, device: sysfs.SysfsDevice) -> None:
     """`vfu-platform inspect` on the free pl031: table and JSON with the bridge plan."""
     import mmap as _mmap
@@ -310,6 +338,7 @@ def main() -> int:
         c.guard("pl031_report", lambda: pl031_report_and_busy(c, backend, pl031))
         backend.close()
         c.guard("pl031_inspect_cli", lambda: pl031_inspect_command(c, pl031))
+        c.guard("pl031_guest_descriptor", lambda: pl031_guest_descriptor(c, pl031))
         c.guard("vfio_user", lambda: vfio_user_hook.run(c, pl031.name, "pl031"))
         c.guard("noiommu_dma_unsafe_opt_in", lambda: unsafe_dma(c, pl031))
     c.guard("vmmio_wrong_driver", lambda: bind_with_fix(
