@@ -15,7 +15,8 @@ import pytest
 
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import DmaError
-from vfu_platform.dma import MAX_WINDOW_SIZE, DmaMapError, DmaMapTable, DmaWindow
+from vfu_platform.dma import DmaMapError, DmaMapTable, DmaWindow
+from vfu_platform.protocol.constants import MAX_DMA_WINDOW_SIZE
 
 RW = vfio_abi.DMA_MAP_FLAG_READ | vfio_abi.DMA_MAP_FLAG_WRITE
 RO = vfio_abi.DMA_MAP_FLAG_READ
@@ -176,7 +177,7 @@ def test_adjacent_windows_are_fine_but_an_access_may_not_span_them(table: DmaMap
     [
         (0x1000, 0, RW, 0, errno.EINVAL),  # size 0
         (0x1000, PAGE, 0x4, 0, errno.EINVAL),  # unknown flag
-        (0, MAX_WINDOW_SIZE + PAGE, RW, 0, errno.ENOSPC),
+        (0, MAX_DMA_WINDOW_SIZE + PAGE, RW, 0, errno.ENOSPC),
         ((1 << 64) - PAGE, 2 * PAGE, RW, 0, errno.EINVAL),  # wraps past 2^64
     ],
     ids=["size-0", "unknown-flag", "too-large", "wraps"],

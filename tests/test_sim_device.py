@@ -21,7 +21,7 @@ from vfu_platform.backends.sim import (
     create_model,
     known_models,
 )
-from vfu_platform.backends.sim.device import natural_chunks
+from vfu_platform.backends.sim.registers import natural_chunks
 from sim_doubles import ManualScheduler, RamDma, take
 
 # ---- test doubles -----------------------------------------------------------

@@ -18,24 +18,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vfu_platform import vfio_abi
+from vfu_platform.errors import VfuError
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities
 from vfu_platform.protocol.codec import encode, encode_error, encode_reply
-from vfu_platform.protocol.constants import COMMAND_NAMES, HEADER_SIZE, Command, MsgFlags
+from vfu_platform.protocol.constants import (
+    COMMAND_NAMES,
+    DEFAULT_MAX_DATA_XFER_SIZE,
+    DEFAULT_MAX_DMA_MAPS,
+    DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_PGSIZES,
+    HEADER_SIZE,
+    QEMU_MAX_MSG_FDS,
+    Command,
+    MsgFlags,
+)
 from vfu_platform.protocol.header import Header
 from vfu_platform.transport import Channel
 
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = DEFAULT_MESSAGE_TIMEOUT
+#: bytes a message may carry beside its data (header and access head: 32), with room to spare
+_MESSAGE_HEADROOM = 64
 
 
-class VfioUserError(Exception):
+class VfioUserError(VfuError):
     """The server answered a request with an error."""
 
     def __init__(self, command: int, errno: int) -> None:
         name = COMMAND_NAMES.get(command, str(command))
-        super().__init__(f"{name} failed: {os.strerror(errno)} (errno {errno})")
+        super().__init__(errno, f"{name} failed: {os.strerror(errno)} (errno {errno})")
         self.command = command
-        self.errno = errno
 
 
 class ClientTimeout(Exception):
@@ -65,7 +77,7 @@ class MemoryWindow:
 
 
 class VfioUserClient:
-    def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT, max_message_size: int = (1 << 20) + 64) -> None:
+    def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT, max_message_size: int = DEFAULT_MAX_DATA_XFER_SIZE + _MESSAGE_HEADROOM) -> None:
         self.channel = Channel(sock, max_message_size + (64 << 10), send_timeout=timeout)
         self.timeout = timeout
         self._next_id = 1
@@ -193,8 +205,8 @@ class VfioUserClient:
     # ------------------------------------------------------------ commands
     def negotiate(self, caps: Capabilities | None = None, major: int = 0, minor: int = 0) -> m.Version:
         if caps is None:
-            caps = Capabilities(max_msg_fds=16, max_data_xfer_size=1 << 20, max_dma_maps=65535, pgsizes=4096,
-                                write_multiple=True)
+            caps = Capabilities(max_msg_fds=QEMU_MAX_MSG_FDS, max_data_xfer_size=DEFAULT_MAX_DATA_XFER_SIZE,
+                                max_dma_maps=DEFAULT_MAX_DMA_MAPS, pgsizes=DEFAULT_PGSIZES, write_multiple=True)
         reply = self.request(Command.VERSION, m.Version(major, minor, caps).pack())
         version = m.Version.unpack(reply.body)
         self.server_caps = version.caps or Capabilities()

@@ -39,6 +39,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from vfu_platform.protocol.constants import (
+    DEFAULT_MAX_DATA_XFER_SIZE,
+    DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_PGSIZES,
+    QEMU_MAX_DATA_XFER_SIZE,
+)
+
 U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 
@@ -75,17 +82,17 @@ class BridgeSection(msgspec.Struct, forbid_unknown_fields=True):
     class_code: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFF)] | None = None
     revision: Annotated[int, msgspec.Meta(ge=0, le=0xFF)] | None = None
     irq_mode: Literal["intx", "msix"] | None = None
-    page_size: Annotated[int, msgspec.Meta(ge=4096)] | None = None
+    page_size: Annotated[int, msgspec.Meta(ge=DEFAULT_PGSIZES)] | None = None
     use_model_acks: bool = True
     region: list[RegionSection] = []
     ack: list[AckSection] = []
 
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
-    max_data_xfer_size: Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)] = 1 << 20
+    max_data_xfer_size: Annotated[int, msgspec.Meta(ge=DEFAULT_PGSIZES, le=QEMU_MAX_DATA_XFER_SIZE)] = DEFAULT_MAX_DATA_XFER_SIZE
     write_multiple: bool = True
     #: seconds a client may stall (no VERSION, a message left incomplete, a reply not taken)
-    message_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    message_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = DEFAULT_MESSAGE_TIMEOUT
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

@@ -18,19 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vfu_platform import vfio_abi
-from vfu_platform.backends.base import DmaError
-
-#: libvfio-user caps one window at 8 TiB (ENOSPC above).
-MAX_WINDOW_SIZE = 8 << 40
+from vfu_platform.errors import DmaError, VfuError
+from vfu_platform.protocol.constants import DEFAULT_MAX_DMA_MAPS, MAX_DMA_WINDOW_SIZE
 
 RemoteRead = Callable[[int, int], bytes]
 RemoteWrite = Callable[[int, bytes], None]
 
 
-class DmaMapError(Exception):
-    def __init__(self, errno_value: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno_value
+class DmaMapError(VfuError):
+    """A DMA_MAP or DMA_UNMAP the table refuses; `errno` is the client's answer."""
 
 
 @dataclass(slots=True)
@@ -59,7 +55,7 @@ class DmaWindow:
 class DmaMapTable:
     """Windows sorted by IOVA; non-overlapping by construction."""
 
-    def __init__(self, max_windows: int = 65535) -> None:
+    def __init__(self, max_windows: int = DEFAULT_MAX_DMA_MAPS) -> None:
         self.max_windows = max_windows
         self._starts: list[int] = []
         self._windows: list[DmaWindow] = []
@@ -92,8 +88,8 @@ class DmaMapTable:
             raise DmaMapError(errno.EINVAL, f"DMA_MAP: unknown flags {flags:#x}")
         if size == 0:
             raise DmaMapError(errno.EINVAL, "DMA_MAP: size 0")
-        if size > MAX_WINDOW_SIZE:
-            raise DmaMapError(errno.ENOSPC, f"DMA_MAP: size {size:#x} over the {MAX_WINDOW_SIZE:#x} cap")
+        if size > MAX_DMA_WINDOW_SIZE:
+            raise DmaMapError(errno.ENOSPC, f"DMA_MAP: size {size:#x} over the {MAX_DMA_WINDOW_SIZE:#x} cap")
         if iova + size > 1 << 64:
             raise DmaMapError(errno.EINVAL, "DMA_MAP: window wraps past 2^64")
         identity = _identity(fd)

@@ -3,10 +3,13 @@
 
 Written with msgspec so that tracing a busy session stays cheap.  Each record
 has a monotonic timestamp `t` (seconds since the trace started) and a `kind`.
+`TraceHook` is the one way a component emits an event: `trace(event, **fields)`,
+a no-op until a `Tracer` is set on it.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import msgspec
@@ -77,6 +80,24 @@ class Tracer:
 
     def close(self) -> None:
         self._stream.close()
+
+
+#: what a component that emits events is given: call it as trace(event, **fields)
+TraceFn = Callable[..., None]
+
+
+class TraceHook:
+    """The one trace hook: `hook(event, **fields)` records an event while `tracer` is set."""
+
+    __slots__ = ("tracer",)
+
+    def __init__(self, tracer: Tracer | None = None) -> None:
+        self.tracer = tracer
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.event(event, **fields)
 
 
 def read_trace(path: str) -> list[TraceRecord]:

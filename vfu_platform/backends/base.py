@@ -20,23 +20,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from vfu_platform import vfio_abi
 from vfu_platform.backends.guest import GuestDevice
-
-
-class BackendError(Exception):
-    """A device operation failed; `errno` is what the client is told."""
-
-    def __init__(self, errno: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno
-
-
-class DmaError(BackendError):
-    """A device-initiated DMA access could not be performed."""
+from vfu_platform.counters import Counters
+from vfu_platform.errors import BackendError, DmaError
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +191,18 @@ def route_control(devices: Sequence[DeviceBackend], words: list[str]) -> str:
     return f"error: no device {words[0]!r} (devices: {names})"
 
 
-@dataclass(slots=True)
-class Counters:
-    """Event counters a backend or the server exposes for tests and `-v`."""
-
-    values: dict[str, int] = field(default_factory=dict)
-
-    def bump(self, name: str, by: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + by
+#: the error types and the counters object live in shared leaves; named here for backends
+__all__ = [
+    "AckRegister",
+    "BackendError",
+    "Counters",
+    "DeviceBackend",
+    "DeviceContext",
+    "DmaError",
+    "DmaSpace",
+    "IrqInfo",
+    "RegionInfo",
+    "Scheduler",
+    "Timer",
+    "route_control",
+]

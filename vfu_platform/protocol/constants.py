@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Command numbers, header flags and protocol limits."""
+"""Command numbers, header flags and every protocol limit (message size, fds, DMA maps, timeouts)."""
 from __future__ import annotations
 
 import enum
@@ -42,19 +42,30 @@ HEADER_SIZE = 16
 VERSION_MAJOR = 0
 VERSION_MINOR = 0
 
-# Capability defaults from the spec, and the limits QEMU 11 enforces on a server's values.
-DEFAULT_MAX_MSG_FDS = 1
-DEFAULT_MAX_DATA_XFER_SIZE = 1 << 20
-DEFAULT_MAX_DMA_MAPS = 65535
-DEFAULT_PGSIZES = 4096
-QEMU_MAX_MSG_FDS = 16
-QEMU_MAX_DATA_XFER_SIZE = 64 << 20
-QEMU_MAX_DMA_MAPS = 65535
-# lvu rejects a client's max_msg_fds above this.
-MAX_PEER_MSG_FDS = 1024
-# Linux refuses to pass more than SCM_MAX_FD (253) fds in one sendmsg().
-SCM_MAX_FD = 253
+# ---- Limits against the peer, in one place (libvfio-user keeps its own in one header).
+# Region and IRQ index limits are the kernel's (vfio_abi.PCI_NUM_REGIONS / PCI_NUM_IRQS,
+# compiled from <linux/vfio.h>); a device's own counts come from DEVICE_GET_INFO.
 
+# Message size and fds.  A server's largest legal request is a REGION_WRITE of
+# max_data_xfer_size bytes: HEADER_SIZE + the 16-byte access head + data.
+DEFAULT_MAX_MSG_FDS = 1  # spec default when a peer does not say
+DEFAULT_MAX_DATA_XFER_SIZE = 1 << 20  # spec default when a peer does not say; ours unless configured
+QEMU_MAX_MSG_FDS = 16  # the most fds QEMU 11 takes from a server: what we offer
+QEMU_MAX_DATA_XFER_SIZE = 64 << 20  # the largest max_data_xfer_size QEMU 11 accepts from a server
+MAX_PEER_MSG_FDS = 1024  # lvu rejects a client's max_msg_fds above this
+SCM_MAX_FD = 253  # Linux refuses to pass more than SCM_MAX_FD fds in one sendmsg()
+
+# DMA maps.
+DEFAULT_MAX_DMA_MAPS = 65535  # spec default; what we offer
+DEFAULT_PGSIZES = 4096  # the page sizes we offer (a bitmap: 4 KiB only)
+MAX_DMA_WINDOW_SIZE = 8 << 40  # libvfio-user caps one window at 8 TiB (ENOSPC above)
+
+# REGION_WRITE_MULTI.
 WRITE_MULTI_ENTRY_DATA = 8
-# QEMU flushes a WRITE_MULTI batch at 200 entries.
-WRITE_MULTI_MAX_ENTRIES = 256
+WRITE_MULTI_MAX_ENTRIES = 256  # QEMU flushes a batch at 200 entries
+
+# Timeouts (seconds).
+DEFAULT_MESSAGE_TIMEOUT = 5.0  # QEMU's x-msg-timeout default: how long a peer waits for any reply
+#: A peer that does not take a message within this time is gone: QEMU gives up on a reply
+#: after 5 s anyway, and a single-threaded server blocked in send() would serve nothing else.
+SEND_TIMEOUT = 5.0

@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Simulated platform devices: the `SimDevice` base, built-in models, model lookup."""
+"""Simulated platform devices: the model API (`device`), built-in models, model lookup.
+
+A model author needs one module, `vfu_platform.backends.sim.device`: its docstring
+is the guide.  Its helpers live beside it (`registers`, `memory`, `lines`, `timers`).
+"""
 
 from vfu_platform.backends.sim.device import (
     Deferred,

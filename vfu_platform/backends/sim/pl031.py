@@ -205,7 +205,7 @@ class Pl031Device(SimDevice):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        if not self._running or self._closed:
+        if not self._running or self.closed:
             return
         elapsed = self._clock() - self._phase0
         delay = math.floor(elapsed) + 1 - elapsed + TICK_SLACK

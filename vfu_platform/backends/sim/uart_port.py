@@ -51,7 +51,7 @@ import stat
 import tty
 from collections.abc import Callable
 
-from vfu_platform.backends.base import DeviceContext, Scheduler, Timer
+from vfu_platform.backends.base import Counters, DeviceContext, Scheduler, Timer
 from vfu_platform.backends.sim.device import SimDevice
 
 log = logging.getLogger("vfu_platform.uart")
@@ -77,7 +77,7 @@ class HostPort:
         #: called (from the event loop) when host bytes may be waiting; set by the model
         self.on_readable: Callable[[], None] | None = None
         #: "rx" / "tx" bytes moved, "tx_dropped", "clients" (unix)
-        self.counters: dict[str, int] = {"rx": 0, "tx": 0, "tx_dropped": 0, "clients": 0}
+        self.counters = Counters({"rx": 0, "tx": 0, "tx_dropped": 0, "clients": 0})
         self._scheduler: Scheduler | None = None
         self._receiving = False
         self._watched: int | None = None
@@ -223,7 +223,7 @@ class HostPort:
             return
         conn.setblocking(False)
         self._conn = conn
-        self.counters["clients"] += 1
+        self.counters.bump("clients")
         log.info("%s: host client connected on %s", self.name, self.path)
 
     def _drop_client(self, why: str) -> None:
@@ -255,7 +255,7 @@ class HostPort:
             if self._conn is not None:
                 self._drop_client("end of file")
             return b""
-        self.counters["rx"] += len(data)
+        self.counters.bump("rx", len(data))
         return data
 
     def write(self, data: bytes) -> None:
@@ -264,7 +264,7 @@ class HostPort:
             return
         room = BACKLOG_LIMIT - len(self._backlog)
         if len(data) > room:
-            self.counters["tx_dropped"] += len(data) - room
+            self.counters.bump("tx_dropped", len(data) - room)
             data = data[:room]
         self._backlog += data
         self._flush()
@@ -281,10 +281,10 @@ class HostPort:
                     self._drop_client(exc.strerror or str(exc))
                     return
                 if exc.errno == errno.EIO:  # a pty whose slave is gone: cannot happen while we hold it
-                    self.counters["tx_dropped"] += len(self._backlog)
+                    self.counters.bump("tx_dropped", len(self._backlog))
                     self._backlog.clear()
                 break
-            self.counters["tx"] += sent
+            self.counters.bump("tx", sent)
             del self._backlog[:sent]
         if self._backlog and fd is not None and self._scheduler is not None and self._flush_timer is None:
             self._flush_timer = self._scheduler.call_later(FLUSH_RETRY, self._retry_flush)
@@ -352,7 +352,7 @@ class HostPort:
             "connected": self.connected,
             "receiving": self._receiving,
             "backlog": len(self._backlog),
-            **self.counters,
+            **self.counters.snapshot(),
         }
 
 
