@@ -65,7 +65,8 @@ class FakeHostBackend(DeviceBackend):
 
     def __init__(self, *, pci: bool = True, can_reset: bool = False, noiommu: bool = False,
                  allow_unsafe_noiommu_dma: bool = False, regions: Sequence[HostRegion] | None = None,
-                 irqs: Sequence[HostIrq] | None = None, config: bytes | None = None) -> None:
+                 irqs: Sequence[HostIrq] | None = None, config: bytes | None = None,
+                 kernel_checks: bool = False) -> None:
         self.name = "0000:00:05.0" if pci else "9010000.fake"
         self.device_flags = (vfio_abi.DEVICE_FLAGS_PCI if pci else vfio_abi.DEVICE_FLAGS_PLATFORM) | (
             vfio_abi.DEVICE_FLAGS_RESET if can_reset else 0)
@@ -88,6 +89,9 @@ class FakeHostBackend(DeviceBackend):
         self.dma_unmaps: list[tuple[int, int, bool]] = []  # (iova, size, vaddr still mapped)
         self.resets = 0
         self.closed = False
+        #: answer SET_IRQS as vfio-pci does (VfioPciIrqs): validation, the action table,
+        #: the interrupt mode; off, every call succeeds (what most tests want to see)
+        self.kernel = VfioPciIrqs([q.count for q in self.host_irqs]) if kernel_checks else None
 
     # ---- shapes -----------------------------------------------------------------
     @staticmethod
@@ -158,6 +162,8 @@ class FakeHostBackend(DeviceBackend):
     def set_irqs(self, irq: int, action: int, data: int, start: int = 0, count: int = 1,
                  fds: Sequence[int] = ()) -> None:
         self.calls.append(("set_irqs", irq, action, data, start, count, tuple(fds)))
+        if self.kernel is not None:
+            self.kernel.set_irqs(irq, action, data, start, count, fds)
         if action == vfio_abi.IRQ_SET_ACTION_TRIGGER and data == vfio_abi.IRQ_SET_DATA_EVENTFD:
             for vector, fd in enumerate(fds, start):
                 old = self.kernel_fds.pop((irq, vector), None)
@@ -212,6 +218,76 @@ class FakeHostBackend(DeviceBackend):
                 os.close(fd)
             self.kernel_fds.clear()
             os.close(self._fd)
+
+
+class VfioPciIrqs:
+    """VFIO_DEVICE_SET_IRQS answers of vfio-pci (drivers/vfio/pci/vfio_pci_intrs.c), as errnos.
+
+    Modelled where a client's request can get a different answer than "success":
+    `vfio_set_irqs_validate_and_prepare` (start/count against the index's vectors:
+    start 0 count 0 on an index with no vectors is EINVAL), the action table
+    (MASK/UNMASK of MSI/MSI-X, anything but TRIGGER on ERR/REQ: ENOTTY), and the
+    interrupt mode: INTx, MSI and MSI-X exclude each other, INTx MASK/UNMASK and a
+    loopback trigger need the index enabled, disabling an index that is not enabled
+    is EINVAL.  ERR/REQ are single eventfd contexts (loopback or disable without one: EINVAL).
+    """
+
+    NONE_MODE = -1
+
+    def __init__(self, counts: Sequence[int]) -> None:
+        self.counts = list(counts)
+        self.mode = self.NONE_MODE  # INTx (0), MSI (1), MSI-X (2) or none
+        self.ctx: dict[int, bool] = {}  # ERR/REQ: an eventfd is set
+
+    @staticmethod
+    def _fail(code: int, what: str) -> None:
+        from vfu_platform.backends.base import BackendError
+
+        raise BackendError(code, f"fake VFIO_DEVICE_SET_IRQS: {what}: {os.strerror(code)}")
+
+    def set_irqs(self, index: int, action: int, data: int, start: int, count: int, fds: Sequence[int]) -> None:
+        inval = errno.EINVAL
+        num = self.counts[index] if index < len(self.counts) else 0
+        if index >= 5 or count >= 0xFFFFFFFF - start:
+            self._fail(inval, "bad index or count")
+        if start >= num or start + count > num:
+            self._fail(inval, f"[{start}, +{count}) outside {num} vectors")
+        trigger = action == vfio_abi.IRQ_SET_ACTION_TRIGGER
+        none = data == vfio_abi.IRQ_SET_DATA_NONE
+        eventfd = data == vfio_abi.IRQ_SET_DATA_EVENTFD
+        if index in (1, 2) and not trigger:
+            self._fail(errno.ENOTTY, "MSI/MSI-X masking is not exported")
+        if index in (3, 4) and not trigger:
+            self._fail(errno.ENOTTY, "ERR/REQ take TRIGGER only")
+        if index == 0 and not trigger:  # vfio_pci_set_intx_mask / _unmask
+            if self.mode != 0 or start != 0 or count != 1:
+                self._fail(inval, "INTx mask/unmask without INTx enabled")
+            return
+        if index in (0, 1, 2):  # vfio_pci_set_intx_trigger / vfio_pci_set_msi_trigger
+            if self.mode == index and count == 0 and none:
+                self.mode = self.NONE_MODE
+                return
+            if self.mode not in (index, self.NONE_MODE):
+                self._fail(inval, f"index {index} while index {self.mode} is enabled")
+            if eventfd:
+                if index == 0 and (start != 0 or count != 1):  # intx: one eventfd, or -1
+                    self._fail(inval, "INTx takes one eventfd")
+                self.mode = index
+                return
+            if self.mode != index:
+                self._fail(inval, f"index {index} is not enabled")
+            return
+        # ERR / REQ: vfio_pci_set_ctx_trigger_single
+        if start != 0 or count > 1:
+            self._fail(inval, "ERR/REQ: one vector")
+        if eventfd:
+            self.ctx[index] = bool(fds) and fds[0] >= 0
+            return
+        if self.ctx.get(index):
+            if count == 0 and none:
+                self.ctx[index] = False
+            return
+        self._fail(inval, "ERR/REQ loopback or disable without an eventfd")
 
 
 @dataclass

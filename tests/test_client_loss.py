@@ -294,15 +294,34 @@ def test_server_keeps_serving_after_many_deaths(server_factory: Callable[..., Se
 # --------------------------------------------------------------------------- one client at a time
 
 
-def test_second_client_gets_eof_and_the_first_keeps_working(server_factory: Callable[..., ServerProcess]) -> None:
+def _expect_busy_refusal(sock: socket.socket) -> None:
+    """The refusal: an EBUSY error reply to VERSION (msg_id 0, QEMU's first id), then EOF."""
+    import errno
+
+    from vfu_platform.protocol.header import HEADER
+
+    sock.settimeout(2)
+    data = b""
+    try:
+        while len(data) < 16 and (chunk := sock.recv(16 - len(data))):
+            data += chunk
+        rest = sock.recv(64)
+    except ConnectionResetError:
+        rest = b""
+    assert len(data) == 16, f"the second client must get an error reply, got {data!r}"
+    msg_id, command, size, flags, error = HEADER.unpack(data)
+    assert (msg_id, command, size, flags, error) == (0, 1, 16, 0x21, errno.EBUSY)
+    assert rest == b"", "then EOF"
+
+
+def test_second_client_gets_busy_and_the_first_keeps_working(server_factory: Callable[..., ServerProcess]) -> None:
     server = server_factory(device="gpio")
     baseline = server.idle_baseline()
     first = server.connect()
     first.write32(0, gpio.REG_SCRATCH, 1)
     second = server.raw_socket()
-    second.settimeout(2)
     started = time.monotonic()
-    assert second.recv(16) == b"", "the second client must see EOF"
+    _expect_busy_refusal(second)
     assert time.monotonic() - started < 1.0, "the refusal must be immediate, not a timeout"
     second.close()
     first.write32(0, gpio.REG_SCRATCH, 2)
@@ -320,12 +339,7 @@ def test_second_client_that_sends_a_message_is_still_refused(server_factory: Cal
         second.sendall(b"\x01\x00\x01\x00\x20\x00\x00\x00" + bytes(24))
     except (BrokenPipeError, ConnectionResetError):
         pass
-    second.settimeout(2)
-    try:
-        data = second.recv(64)
-    except ConnectionResetError:
-        data = b""
-    assert data == b""
+    _expect_busy_refusal(second)
     second.close()
     assert first.read32(0, 0) == edu.IDENTIFICATION
 

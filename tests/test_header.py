@@ -115,9 +115,12 @@ def test_message_type_other_than_command_or_reply_is_einval(client, msg_type):
     assert_serving(client)
 
 
-def test_stray_reply_from_the_client_is_ignored(client):
+def test_stray_reply_from_the_client_is_einval(client):
+    """A request carrying the reply bit is answered EINVAL, as libvfio-user does (its
+    test_unsolicited_reply); the session goes on (tests/test_conformance_strict.py has more)."""
     client.send_raw(encode(0x4242, Command.DEVICE_GET_INFO, DEVICE_INFO, flags=MsgFlags.TYPE_REPLY))
-    client.expect_no_reply()
+    reply = client.wait_reply(0x4242)
+    assert reply.header.is_error and reply.header.error == errno.EINVAL
     assert_serving(client)
 
 
@@ -172,7 +175,10 @@ def test_client_that_stops_reading_is_dropped(server, client):
 
 
 def test_second_client_is_turned_away_while_one_is_served(server, client):
+    """Refused with an EBUSY error reply (msg_id 0, QEMU's first), then EOF: never a silent hang."""
     with server.connect(negotiate=False) as second:
+        refusal = second.wait_reply(0)
+        assert refusal.header.is_error and refusal.header.error == errno.EBUSY
         assert_dropped(second)
     assert_serving(client)
 

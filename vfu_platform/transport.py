@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 
-from vfu_platform.protocol.constants import SCM_MAX_FD
+from vfu_platform.protocol.constants import SCM_MAX_FD, SEND_TIMEOUT
 from vfu_platform.protocol.framing import Frame, ReceiveBuffer
 
 _FD_SIZE = array.array("i").itemsize
@@ -21,10 +21,6 @@ _FD_SIZE = array.array("i").itemsize
 _ANCILLARY_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * _FD_SIZE)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag arithmetic is slow
 _NO_FDS: list[int] = []
-#: A peer that does not take a message within this time is gone.  QEMU gives up on a
-#: reply after 5 s (x-msg-timeout) anyway, and a single-threaded server blocked in
-#: send() would serve nothing else, not even SIGTERM.
-SEND_TIMEOUT = 5.0
 
 
 class ConnectionClosed(Exception):
@@ -84,7 +80,7 @@ class Channel:
             raise
 
     def close(self) -> None:
-        self.buffer.close_fds()
+        self.buffer.discard()
         self.sock.close()
 
 

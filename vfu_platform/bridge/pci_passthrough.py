@@ -15,12 +15,20 @@ this device forwards, and emulates only what has to be:
 * config space is forwarded to the device's config region (region 7), except
   the BAR and ROM BAR registers (`pci_bars`: host physical addresses mean
   nothing to the client, and the client needs the type bits);
-* SET_IRQS goes to the host's VFIO_DEVICE_SET_IRQS as is - INTx (the kernel
+* SET_IRQS goes to the host's VFIO_DEVICE_SET_IRQS - INTx (the kernel
   automasks it until the client's UNMASK), MSI, MSI-X, ERR, REQ - with the
   client's eventfds passed straight to the kernel, so an interrupt never wakes
   this process.  The kernel keeps its own reference to each eventfd, so the
   server's copies are closed at once.  DATA_BOOL becomes one DATA_NONE per
-  selected vector, which is what the kernel does with it;
+  selected vector, which is what the kernel does with it.  The answers are the
+  simulated bridge's, not the kernel's stricter ones where the two differ
+  (tests/test_conformance_strict.py holds them side by side): disabling an index
+  that is not enabled - or has no vectors at all, as QEMU does blindly - succeeds
+  without an ioctl, a loopback trigger of an index without eventfds does nothing,
+  enabling INTx, MSI or MSI-X first disables whichever of them is on, and INTx
+  MASK / UNMASK / resamplefd sent before INTx is enabled are kept and applied when
+  it is.  MSI / MSI-X MASK and UNMASK are forwarded, and vfio-pci refuses them
+  (ENOTTY; QEMU masks a vector by swapping its eventfd instead);
 * DMA windows are programmed into the host IOMMU (`host_dma`);
 * DEVICE_RESET is VFIO_DEVICE_RESET, or a plain report for a function that has
   no reset (`device_reset`); DEVICE_GET_INFO reports RESET only if the host can.
@@ -57,6 +65,10 @@ _TRIGGER = vfio_abi.IRQ_SET_ACTION_TRIGGER
 _NONE = vfio_abi.IRQ_SET_DATA_NONE
 _BOOL = vfio_abi.IRQ_SET_DATA_BOOL
 _EVENTFD = vfio_abi.IRQ_SET_DATA_EVENTFD
+_MASK = vfio_abi.IRQ_SET_ACTION_MASK
+_INTX = vfio_abi.PCI_INTX_IRQ_INDEX
+#: INTx, MSI and MSI-X: at most one of them is enabled on the host at a time
+_EXCLUSIVE = (vfio_abi.PCI_INTX_IRQ_INDEX, vfio_abi.PCI_MSI_IRQ_INDEX, vfio_abi.PCI_MSIX_IRQ_INDEX)
 
 
 def serves_as_pci_function(backend: object) -> bool:
@@ -93,6 +105,11 @@ class PciPassthrough:
         self._client: ClientContext | None = None
         #: IRQ indexes the client wired (eventfds the kernel holds): torn down when it goes
         self._wired: set[int] = set()
+        #: which of INTx / MSI / MSI-X is enabled on the host (None: none)
+        self._mode: int | None = None
+        #: the client's INTx MASK state and resamplefd, kept while INTx is not enabled
+        self._intx_masked = False
+        self._pending_resample: int | None = None
 
     def _size(self, index: int) -> int:
         if index >= len(self.regions) or not self.regions[index].present:
@@ -172,20 +189,74 @@ class PciPassthrough:
         start, count = request.start, request.count
         self.trace("set-irqs", index=index, flags=request.flags, start=start, count=count, fds=len(fds))
         self._bump("set-irqs")
-        if data_type == _BOOL:
-            for vector, flag in zip(range(start, start + count), request.data):
-                if flag:
-                    self.backend.set_irqs(index, action, _NONE, vector, 1)
+        if action == _TRIGGER and data_type == _NONE and count == 0:
+            self._disable(index)  # also on an index with no vectors: QEMU disables blindly
             return
-        if data_type == _EVENTFD:
+        if action == _TRIGGER and data_type == _EVENTFD:
+            if index in _EXCLUSIVE and self._mode not in (None, index):
+                self._disable(self._mode)  # the bridge switches its route the same way
+            self._forward(request, fds)
+            self._wired.add(index)
+            if index in _EXCLUSIVE and self._mode != index:
+                self._mode = index
+                if index == _INTX:
+                    self._apply_pending_intx()
+            return
+        if action == _TRIGGER:  # DATA_NONE / DATA_BOOL: a loopback trigger
+            if index in self._wired and (index not in _EXCLUSIVE or self._mode == index):
+                self._forward(request, fds)
+            return  # nothing wired: nothing to signal
+        if index == _INTX and self._mode != _INTX:
+            # INTx is not enabled on the host (vfio-pci would say EINVAL): keep what the
+            # client said for when it is.
+            if data_type == _EVENTFD:
+                self._keep_resample(fds.pop() if fds else None)
+            elif _selected(request):
+                self._intx_masked = action == _MASK
+            return
+        self._forward(request, fds)
+        if index == _INTX and data_type != _EVENTFD and _selected(request):
+            self._intx_masked = action == _MASK
+
+    def _forward(self, request: m.IrqSet, fds: list[int]) -> None:
+        index, action, data_type = request.index, request.action, request.data_type
+        start, count = request.start, request.count
+        if data_type == _BOOL:
+            for vector in _selected(request):
+                self.backend.set_irqs(index, action, _NONE, vector, 1)
+        elif data_type == _EVENTFD:
             # No fds for count n: QEMU's way to say "these vectors have no eventfd" (-1 each).
             cells = list(fds) if fds else [-1] * count
             self.backend.set_irqs(index, action, _EVENTFD, start, count, cells)
-            self._wired.add(index)
+        else:
+            self.backend.set_irqs(index, action, _NONE, start, count)
+
+    def _disable(self, index: int) -> None:
+        """TRIGGER | DATA_NONE, count 0 on the host, if the index is enabled there."""
+        if index == _INTX:
+            self._keep_resample(None)
+        if index not in self._wired or (index in _EXCLUSIVE and self._mode != index):
             return
-        self.backend.set_irqs(index, action, _NONE, start, count)
-        if action == _TRIGGER and count == 0:
-            self._wired.discard(index)
+        self.backend.set_irqs(index, _TRIGGER, _NONE, 0, 0)
+        self._wired.discard(index)
+        if self._mode == index:
+            self._mode = None
+
+    def _keep_resample(self, fd: int | None) -> None:
+        if self._pending_resample is not None:
+            _close(self._pending_resample)
+        self._pending_resample = fd
+
+    def _apply_pending_intx(self) -> None:
+        """INTx just got enabled: the client's earlier MASK and resamplefd take effect now."""
+        if self._intx_masked:
+            self.backend.set_irqs(_INTX, _MASK, _NONE, 0, 1)
+        fd, self._pending_resample = self._pending_resample, None
+        if fd is not None:
+            try:
+                self.backend.set_irqs(_INTX, vfio_abi.IRQ_SET_ACTION_UNMASK, _EVENTFD, 0, 1, [fd])
+            finally:
+                _close(fd)
 
     def _unwire_all(self) -> None:
         for index in sorted(self._wired):
@@ -194,6 +265,9 @@ class PciPassthrough:
             except BackendError as exc:
                 log.warning("%s: disabling IRQ index %d: %s", self.backend.name, index, exc)
         self._wired.clear()
+        self._mode = None
+        self._intx_masked = False
+        self._keep_resample(None)
 
     # ------------------------------------------------------------ reset
     def reset(self, reason: str = "DEVICE_RESET") -> None:
@@ -223,6 +297,14 @@ class PciPassthrough:
         """Server shutdown: release the device (the kernel drops what is left)."""
         self._unwire_all()
         self.backend.close()
+
+
+def _selected(request: m.IrqSet) -> list[int]:
+    """The vectors a request applies to (DATA_BOOL picks some)."""
+    vectors = range(request.start, request.start + request.count)
+    if request.data_type == _BOOL:
+        return [v for v, flag in zip(vectors, request.data) if flag]
+    return list(vectors)
 
 
 def _close(fd: int) -> None:

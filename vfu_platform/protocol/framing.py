@@ -184,6 +184,22 @@ class ReceiveBuffer:
                 os.close(fd)
         self._fds.clear()
 
+    def discard(self) -> None:
+        """The connection is gone: close its fds and give the buffer's memory back now.
+
+        Without this a closed session's buffer (max_message_size bytes) lives until the
+        cycle collector finds the session, and a client that reconnects quickly makes the
+        server's RSS climb by a buffer per connection in the meantime.
+        """
+        self.close_fds()
+        self._buf = bytearray()
+        self._start = self._end = self._discard = 0
+
+    @property
+    def position(self) -> int:
+        """Absolute stream offset of the first byte not yet consumed (progress marker)."""
+        return self._base + self._start
+
     @property
     def buffered(self) -> int:
         return self._end - self._start

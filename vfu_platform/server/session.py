@@ -10,20 +10,24 @@ closed before the next message is read.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 import errno
 import logging
-import os
+import select
 import struct
+import time
 
 from vfu_platform import vfio_abi
-from vfu_platform.backends.base import BackendError, DmaError
 from vfu_platform.dma import DmaMapError, DmaMapTable
+from vfu_platform.errors import BackendError, DmaError
+from vfu_platform.fds import close_quietly as _close_quietly
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities
 from vfu_platform.protocol.codec import encode, encode_error, encode_reply
 from vfu_platform.protocol.constants import (
     COMMAND_NAMES,
     DEFAULT_MAX_DATA_XFER_SIZE,
+    DEFAULT_MESSAGE_TIMEOUT,
     HEADER_SIZE,
     QEMU_MAX_MSG_FDS,
     VERSION_MAJOR,
@@ -35,7 +39,7 @@ from vfu_platform.protocol.errors import FramingError, ProtocolError
 from vfu_platform.protocol.framing import Frame
 from vfu_platform.protocol.header import HEADER, Header
 from vfu_platform.server.device_api import ClientContext, ServedDevice
-from vfu_platform.server.loop import EventLoop
+from vfu_platform.server.loop import EventLoop, TimerHandle
 from vfu_platform.trace import Tracer
 from vfu_platform.transport import Channel, ConnectionClosed
 
@@ -48,6 +52,7 @@ _REPLY_FLAGS = int(MsgFlags.TYPE_REPLY)
 _NO_REPLY = int(MsgFlags.NO_REPLY)
 _REGION_READ = int(Command.REGION_READ)
 _DMA_BUF_FEATURE = 11  # VFIO_DEVICE_FEATURE_DMA_BUF: QEMU 11 asks, ENOTTY means "not supported"
+_HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
 
 class SessionState(enum.Enum):
@@ -65,6 +70,7 @@ class SessionOptions:
         pgsizes: int = 4096,
         write_multiple: bool = True,
         dma_timeout: float = 5.0,
+        message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
     ) -> None:
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
@@ -72,6 +78,13 @@ class SessionOptions:
         self.pgsizes = pgsizes
         self.write_multiple = write_multiple
         self.dma_timeout = dma_timeout
+        #: A client that stalls is dropped after this many seconds: one that has not sent
+        #: VERSION, one that started a message and did not finish it, one that does not
+        #: take a reply.  A negotiated client that sends nothing is idle, not stalled
+        #: (a guest that leaves its device alone), and is never dropped.
+        if not message_timeout > 0:
+            raise ValueError(f"message_timeout must be > 0 seconds, not {message_timeout}")
+        self.message_timeout = message_timeout
 
     @property
     def max_message_size(self) -> int:
@@ -101,6 +114,12 @@ class Session:
         self._next_request_id = 0x8000  # our requests' ids: apart from QEMU's low counter, purely cosmetic
         self._replies: dict[int, tuple[Header, bytes]] = {}
         self._waiting: set[int] = set()
+        #: ids of our requests whose wait ended without a reply: a late reply is dropped, not refused
+        self._abandoned: set[int] = set()
+        self._stall_timer: TimerHandle | None = None
+        self._stall_mark = -1  # stream position when the stall timer was armed
+        #: called once when the session closes (the listener admits a waiting client)
+        self.on_close: Callable[[Session], None] | None = None
         self.closed_reason = ""
         self.counters: dict[str, int] = {}
         self._region_sizes: list[int] = []  # filled by start()
@@ -127,12 +146,19 @@ class Session:
     def closed(self) -> bool:
         return self.state is SessionState.CLOSED
 
+    @property
+    def stalled(self) -> bool:
+        """Not negotiated yet, or in the middle of a message: may be dropped within message_timeout."""
+        return self.state is SessionState.AWAIT_VERSION or (
+            self.state is SessionState.READY and self.channel.buffer.buffered > 0)
+
     def start(self) -> None:
         # Region sizes never change while a device is served: the hot path reads them from here.
         num_regions = self.device.device_info()[1]
         self._region_sizes = [self.device.region_size(i) for i in range(num_regions)]
         self.device.client_attached(ClientContext(self.dma, self.loop, self.tracer))
         self.loop.add_reader(self.channel.fileno(), self._on_readable)
+        self._arm_stall_timer()  # VERSION is due within message_timeout
 
     def close(self, reason: str) -> None:
         """Client gone (or dropped): release its DMA windows and fds; keep device state."""
@@ -140,6 +166,9 @@ class Session:
             return
         self.state = SessionState.CLOSED
         self.closed_reason = reason
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self.loop.remove_reader(self.channel.fileno())
         try:
             self.device.client_lost()
@@ -149,6 +178,11 @@ class Session:
         log.info("client gone: %s", reason)
         if self.tracer:
             self.tracer.event("client-gone", reason=reason)
+        callback, self.on_close = self.on_close, None
+        self._handlers.clear()  # no reference cycles keep a closed session (and its device refs) alive
+        self.dma.remote_read = self.dma.remote_write = None  # type: ignore[assignment]
+        if callback is not None:
+            callback(self)
 
     def _on_readable(self) -> None:
         if self.state is SessionState.CLOSED:
@@ -173,9 +207,61 @@ class Session:
                     buffer.release()
         except ConnectionClosed as exc:
             self.close(f"connection closed ({exc})")
+            return
         except FramingError as exc:
             log.warning("dropping client: %s", exc)
             self.close(f"framing error: {exc}")
+            return
+        if buffer.buffered and self._stall_timer is None and self.state is not SessionState.CLOSED:
+            self._arm_stall_timer()  # part of a message is here: the rest is due in time
+
+    # ------------------------------------------------------------ stalled clients
+    def _arm_stall_timer(self) -> None:
+        self._stall_mark = self.channel.buffer.position
+        self._stall_timer = self.loop.call_later(self.options.message_timeout, self._on_stall_timer)
+
+    def _on_stall_timer(self) -> None:
+        self._stall_timer = None
+        if self.state is SessionState.CLOSED:
+            return
+        buffer = self.channel.buffer
+        timeout = self.options.message_timeout
+        if self.state is SessionState.AWAIT_VERSION:
+            self._drop_stalled(f"no VERSION within {timeout:g} s of connecting"
+                               + (f" ({buffer.buffered} bytes of a message received)" if buffer.buffered else ""))
+        elif buffer.buffered and buffer.position == self._stall_mark:
+            self._drop_stalled(f"a message stayed incomplete for {timeout:g} s ({buffer.buffered} bytes received)")
+        elif buffer.buffered:
+            self._arm_stall_timer()  # messages went through meanwhile: time the one now in progress
+
+    def _drop_stalled(self, why: str) -> None:
+        self._bump("stalled-clients")
+        log.warning("dropping a stalled client: %s", why)
+        self.close(f"stalled: {why}")
+
+    def peer_hung_up(self) -> bool:
+        """True if the client has closed (or shut down) its end: what it sent is all there will be."""
+        if self.state is SessionState.CLOSED:
+            return True
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN | select.POLLRDHUP)
+        return any(mask & _HANGUP for _fd, mask in poller.poll(0))
+
+    def finish_if_hung_up(self) -> bool:
+        """A client that hung up: handle what it sent before going, then close.  True if closed.
+
+        The listener asks before it refuses a new connection: a client that closed and
+        reconnected at once has its last messages and its EOF still queued, and must not
+        be taken for a second client.
+        """
+        if not self.peer_hung_up():
+            return self.state is SessionState.CLOSED
+        deadline = time.monotonic() + self.options.message_timeout
+        while self.state is not SessionState.CLOSED and time.monotonic() < deadline:
+            self._on_readable()  # each call reads once; a hung-up peer's stream ends in EOF
+        if self.state is not SessionState.CLOSED:
+            self.close("client hung up")
+        return True
 
     def _fast_access(self, msg_id: int, command: int, size: int, flags: int, start: int) -> None:
         """REGION_READ / REGION_WRITE straight from the receive buffer, without frame objects."""
@@ -251,6 +337,8 @@ class Session:
         self._send(data, fds)
 
     def _send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
+        if self.state is SessionState.CLOSED:  # gone while the message was handled (a DMA wait)
+            return
         try:
             self.channel.send(data, fds)
         except ConnectionClosed as exc:
@@ -452,9 +540,18 @@ class Session:
             self._replies[header.msg_id] = (header, b"" if body is None else bytes(body))
             if self.tracer:
                 self.tracer.message("in", header, 0, error=header.error)
+        elif header.msg_id in self._abandoned:
+            # The late reply to one of our own DMA requests: answering it would confuse the client.
+            self._abandoned.discard(header.msg_id)
+            self._bump("late-replies")
+            log.warning("dropping a late reply (id %d) to a request that timed out", header.msg_id)
         else:
+            # A "reply" nobody asked for is a malformed request: EINVAL, as libvfio-user answers
+            # (its test_unsolicited_reply), unless the client asked for no reply.
             self._bump("unexpected-replies")
-            log.warning("dropping a reply (id %d) nobody waits for", header.msg_id)
+            if self.tracer:
+                self.tracer.message("in", header, 0, error=header.error)
+            self._fail(header, errno.EINVAL, f"unsolicited reply (id {header.msg_id})")
 
     def _request(self, command: int, payload: bytes) -> tuple[Header, bytes]:
         if self.closed:
@@ -472,6 +569,11 @@ class Session:
                 raise DmaError(errno.ENOTCONN if self.closed else errno.ETIMEDOUT,
                                f"no reply to {COMMAND_NAMES[command]} (id {msg_id})" + ("" if arrived else " in time"))
             reply_header, reply_body = self._replies.pop(msg_id)
+        except BaseException:
+            if len(self._abandoned) >= 64:  # bounded: the oldest are forgotten
+                self._abandoned.pop()
+            self._abandoned.add(msg_id)
+            raise
         finally:
             self._waiting.discard(msg_id)
         if reply_header.is_error:
@@ -539,12 +641,3 @@ def validate_irq_set(request: m.IrqSet, nfds: int, device: ServedDevice) -> None
         raise ProtocolError.invalid("SET_IRQS MASK|EVENTFD is not supported")
     if data_type == vfio_abi.IRQ_SET_DATA_EVENTFD and action == vfio_abi.IRQ_SET_ACTION_UNMASK and request.count > 1:
         raise ProtocolError.invalid("SET_IRQS UNMASK|EVENTFD takes one vector")
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
