@@ -23,6 +23,7 @@ T = TypeVar("T")
 OPT_OUT = {
     "QEMU guest suite (tests/e2e)": "VFU_SKIP_QEMU_TESTS",
     "real-kernel VFIO suite (tests/kernel)": "VFU_SKIP_KERNEL_TESTS",
+    "guest-driver suite (tests/guest_drivers)": "VFU_SKIP_GUEST_DRIVER_TESTS",
 }
 
 
