@@ -51,6 +51,7 @@ class ReferenceIrq:
         # was signalled (that one rules the activation until its EOI).
         self.exact_eoi_bit = False
         self.exact_when_signalled = False
+        self.taken = False
 
     # ---------------------------------------------------------------- helpers
 
@@ -92,11 +93,13 @@ class ReferenceIrq:
             if self.intx_can_deliver():
                 self.signalled = True
                 self.exact_when_signalled = self.exact_eoi_bit
+                self.taken = False
                 self.signal("intx", actions)
         else:
             if self.vector_can_deliver(line):
                 self.signalled = True
                 self.exact_when_signalled = self.exact_eoi_bit
+                self.taken = False
                 self.signal(line, actions)
 
     def deliver_everything_deliverable(self, actions: list[Action]) -> None:
@@ -187,6 +190,8 @@ class ReferenceIrq:
             elif self.exact_when_signalled:
                 if self.ack_seen:  # the IRQ_EOI write came first
                     self.complete_eoi(actions)
+                elif not self.taken:  # INTx lowered before the guest read IRQ_ACTIVE: raise it again
+                    self.signal("intx", actions)
                 else:
                     self.unmask_seen = True
             elif not self.specs[line].has_ack:
@@ -258,6 +263,12 @@ class ReferenceIrq:
         else:
             self.ack_seen = True  # waits for the client's unmask
         return self.finish(actions)
+
+    def active_read(self) -> list[Action]:
+        """The guest read IRQ_ACTIVE: it took the last INTx signal."""
+        if self.find_active() is not None and self.signalled:
+            self.taken = True
+        return []
 
     def set_exact_eoi(self, flag: bool) -> list[Action]:
         self.last_ack_did_eoi = False

@@ -100,10 +100,35 @@ def test_level_still_asserted_after_irq_eoi_fires_again(exact_intx) -> None:
     client, trigger = exact_intx
     raise_lines(client, 0b1)
     trigger.expect_one()
+    assert page(client, irq_page.IRQ_ACTIVE) == 0  # the guest takes it
     intx_unmask(client)
+    trigger.expect_none()
     irq_eoi(client, 0)  # the driver did not quiet the source: the line is still up
     trigger.expect_one(what="INTx again for the still-asserted line")
     assert page(client, irq_page.IRQ_ACTIVE) == 0
+
+
+def test_intx_lowered_before_the_guest_took_it_is_raised_again(exact_intx) -> None:
+    """QEMU without KVM ends INTx at the first BAR access after it, whoever makes it: an
+    unmask that comes before the guest read IRQ_ACTIVE means the guest never saw it."""
+    client, trigger = exact_intx
+    raise_lines(client, 0b11)
+    trigger.expect_one(what="INTx for line 0")
+    intx_unmask(client)  # another driver's BAR access lowered INTx first
+    trigger.expect_one(what="INTx raised again for line 0")
+    assert page(client, irq_page.IRQ_ACTIVE) == 0  # now the guest takes it
+    intx_unmask(client)
+    trigger.expect_none()
+    ack_line(client, 0)  # the child driver quiets its source
+    irq_eoi(client, 0)
+    trigger.expect_one(what="INTx for line 1")
+    assert page(client, irq_page.IRQ_ACTIVE) == 1
+    intx_unmask(client)
+    ack_line(client, 1)
+    irq_eoi(client, 1)
+    assert page(client, irq_page.IRQ_ACTIVE) == NO_IRQ
+    assert page(client, irq_page.IRQ_EOIS) == 2
+    trigger.expect_none()
 
 
 def test_bad_irq_eoi_writes_are_ignored_and_counted(exact_intx, gpio_server: ServerProcess) -> None:
@@ -111,6 +136,7 @@ def test_bad_irq_eoi_writes_are_ignored_and_counted(exact_intx, gpio_server: Ser
     irq_eoi(client, 0)  # nothing ACTIVE
     raise_lines(client, 0b11)
     trigger.expect_one()
+    assert page(client, irq_page.IRQ_ACTIVE) == 0  # the guest takes it
     intx_unmask(client)
     irq_eoi(client, 1)  # PENDING, not ACTIVE
     irq_eoi(client, 99)  # no such line

@@ -558,6 +558,7 @@ def test_exact_eoi_needs_unmask_and_irq_eoi_in_either_order(order: str) -> None:
     engine = exact_intx(LEVEL, LEVEL)
     assert engine.fire(0) == (Signal(INTX),)
     assert engine.fire(1) == ()
+    assert engine.active_read() == ()  # the guest's INTA handler reads IRQ_ACTIVE
     if order == "eoi-then-unmask":
         assert engine.eoi(0) == ()
         assert engine.active == 0
@@ -567,6 +568,30 @@ def test_exact_eoi_needs_unmask_and_irq_eoi_in_either_order(order: str) -> None:
         assert engine.active == 0, "the unmask alone must not end an exact-EOI interrupt"
         assert engine.eoi(0) == (UnmaskLine(0), Signal(INTX))
     assert engine.active == 1 and engine.eois == 1 and engine.ignored_eois == 0
+
+
+def test_exact_eoi_intx_lowered_before_the_guest_took_it_is_raised_again() -> None:
+    """QEMU without KVM ends INTx at the first BAR access after it, whoever makes it: an
+    unmask before the guest read IRQ_ACTIVE means the guest never saw the interrupt."""
+    engine = exact_intx(LEVEL, LEVEL)
+    assert engine.fire(0) == (Signal(INTX),)
+    assert engine.fire(1) == ()
+    assert engine.client_unmask() == (Signal(INTX),)  # another driver's BAR access lowered it
+    assert engine.client_unmask() == (Signal(INTX),)  # and again
+    assert engine.resignals == 2 and engine.active == 0
+    assert engine.active_read() == ()  # now the guest takes it
+    assert engine.client_unmask() == ()  # the unmask half of its EOI
+    assert engine.eoi(0) == (UnmaskLine(0), Signal(INTX))
+    assert engine.active == 1 and engine.eois == 1
+    assert engine.client_unmask() == (Signal(INTX),)  # line 1 not taken yet either
+
+
+def test_active_read_changes_nothing_outside_exact_intx() -> None:
+    engine = live_intx(LEVEL)
+    engine.fire(0)
+    assert engine.active_read() == ()
+    assert engine.client_unmask() == (UnmaskLine(0),)  # the plain rule: the unmask is the EOI
+    assert engine.resignals == 0
 
 
 def test_exact_eoi_turns_off_the_first_access_heuristic_in_msix() -> None:
@@ -583,6 +608,7 @@ def test_exact_eoi_turns_off_the_first_access_heuristic_in_msix() -> None:
 def test_exact_eoi_ignores_the_ack_register_of_the_active_line() -> None:
     engine = exact_intx(LEVEL_ACK)
     engine.fire(0)
+    engine.active_read()
     assert engine.ack(0) == ()
     assert engine.client_unmask() == ()
     assert engine.active == 0
@@ -624,6 +650,7 @@ def test_exact_flag_is_latched_when_the_line_is_signalled() -> None:
     engine.fire(1)
     assert engine.client_unmask() == (UnmaskLine(0), Signal(INTX))  # line 1 now exact
     engine.set_exact_eoi(False)
+    engine.active_read()  # the guest takes line 1
     assert engine.client_unmask() == ()
     assert engine.eoi(1) == (UnmaskLine(1),)
 
@@ -753,6 +780,12 @@ class EngineVersusReference(RuleBasedStateMachine):
     def write_irq_eoi(self, value: int) -> None:
         """The guest writes a number to IRQ_EOI: eoi(), then the access itself."""
         self.step("eoi", value)
+        self.step("trapped_access")
+
+    @rule()
+    def read_irq_active(self) -> None:
+        """The guest reads IRQ_ACTIVE (takes the interrupt), a trapped access."""
+        self.step("active_read")
         self.step("trapped_access")
 
     @rule()
@@ -897,6 +930,13 @@ class NothingAssertedIsLost(RuleBasedStateMachine):
     @rule()
     def client_unmask(self) -> None:
         self.device.run(self.device.engine.client_unmask())
+
+    @rule()
+    def read_irq_active(self) -> None:
+        """The guest reads IRQ_ACTIVE (a trapped read): it takes the interrupt."""
+        engine = self.device.engine
+        self.device.run(engine.active_read())
+        self.device.run(engine.trapped_access())
 
     @rule(value=EOI_VALUE)
     def irq_eoi(self, value: int) -> None:

@@ -46,7 +46,7 @@ from vfu_platform.bridge.bar_plan import (
 from vfu_platform.bridge.config_space import CONFIG_SPACE_SIZE, ConfigSpace, ConfigWriteEffects, PciIds
 from vfu_platform.bridge.device_reset import DeviceResetter, is_host_backend
 from vfu_platform.bridge.host_dma import HostDma, supports_host_dma
-from vfu_platform.bridge.irq_page import DESCRIPTOR_OFFSET, IRQ_CTRL, IRQ_CTRL_EXACT_EOI, IRQ_EOI, IrqPage
+from vfu_platform.bridge.irq_page import DESCRIPTOR_OFFSET, IRQ_ACTIVE, IRQ_CTRL, IRQ_CTRL_EXACT_EOI, IRQ_EOI, IrqPage
 from vfu_platform.bridge.msix import ENTRY_SIZE, MsixTable
 from vfu_platform.irq import IrqEngine, LineSpec, Route, Signal, UnmaskLine
 from vfu_platform.protocol import messages as m
@@ -332,6 +332,8 @@ class PciBridge:
 
     def _bar_read(self, index: int, offset: int, count: int) -> bytes:
         if index == self._irq_bar_index:
+            if offset <= IRQ_ACTIVE < offset + count:
+                self.engine.active_read()  # the guest takes the interrupt (exact EOI; no actions)
             return self.irq_page.read(offset, count)
         span = self.plan.locate(index, offset, count)
         if span is SLACK:

@@ -45,6 +45,13 @@ Exact EOI (`set_exact_eoi`, the IRQ page's IRQ_CTRL.EXACT_EOI; docs/guest-descri
     the flag does not govern that activation: x is a guest-written number, never a
     caller bug.  An `ack()` of a queued line still takes it out of the queue.
     `reset()` clears the flag.
+    Route INTX under exact EOI, INTx is a level that stays up until the EOI: the guest
+    takes an interrupt by reading IRQ_ACTIVE (`active_read()`, like an interrupt
+    controller's acknowledge). A client unmask that comes after an INTx signal the
+    guest has not taken means the client lowered INTx before the guest saw it (QEMU
+    without KVM ends INTx at the first BAR access after it, whoever makes it), so the
+    engine signals INTx again instead of recording the unmask; an unmask after the
+    guest took it counts as the unmask half of the EOI, as above.
 
 Liveness: a route is live when its index is enabled (route MSIX implies MSI-X is
 enabled; route INTX is live while the INTx trigger is installed).
@@ -151,7 +158,7 @@ class IrqEngine:
         "_held", "_masked", "_route", "_intx_enabled", "_client_masked",
         "_intx_disabled", "_msix_enabled", "_function_masked", "_vector_masked",
         "_vector_fd", "_access_spent", "_signals", "_eois", "_coalesced",
-        "_exact", "_active_exact", "_ignored_eois",
+        "_exact", "_active_exact", "_ignored_eois", "_taken", "_resignals",
     )
 
     def __init__(self, specs: Sequence[LineSpec]) -> None:
@@ -189,6 +196,8 @@ class IrqEngine:
         self._access_spent = False
         self._exact = False  # IRQ_CTRL.EXACT_EOI
         self._active_exact = False  # the flag latched when the ACTIVE line was signalled
+        self._taken = False  # route INTX, exact: the guest read IRQ_ACTIVE since the last signal
+        self._resignals = 0  # INTx signalled again: lowered by the client before the guest took it
 
     # ------------------------------------------------------------------ events
 
@@ -217,9 +226,18 @@ class IrqEngine:
             self._signal_active(out)  # it was held by the client mask
         elif self._ack_seen or not (self._active_exact or self._specs[active].has_ack):
             self._complete_eoi(out)
+        elif self._active_exact and not self._taken:
+            self._resignals += 1  # lowered before the guest took it: raise it again
+            self._emit(self._signal_intx, out)
         else:
             self._unmask_seen = True
         return _result(out)
+
+    def active_read(self) -> Actions:
+        """The guest read IRQ_ACTIVE: it has taken the INTx signalled last (exact EOI)."""
+        if self._active is not None and self._signalled:
+            self._taken = True
+        return NO_ACTIONS
 
     def client_mask(self) -> Actions:
         """SET_IRQS(INTx, MASK): hold INTx delivery."""
@@ -463,6 +481,11 @@ class IrqEngine:
         return self._coalesced
 
     @property
+    def resignals(self) -> int:
+        """INTx signals repeated because the client lowered INTx before the guest took it."""
+        return self._resignals
+
+    @property
     def exact_eoi(self) -> bool:
         """IRQ_CTRL.EXACT_EOI as last set (cleared by `reset()`)."""
         return self._exact
@@ -544,6 +567,7 @@ class IrqEngine:
             signal = self._signal_vector[active]
         self._signalled = True
         self._active_exact = self._exact
+        self._taken = False
         self._emit(signal, out)
 
     def _release(self, out: list[Action]) -> None:
