@@ -242,7 +242,7 @@ def test_simulated_device_windows_never_reach_an_iommu(tmp_path: Path) -> None:
             os.close(ram)
             assert running.server.session is not None
             assert running.server.session.dma.on_map == []
-    assert bridge._host_dma is None
+    assert bridge.host_dma is None
 
 
 def test_mapping_address_releases_the_buffer() -> None:

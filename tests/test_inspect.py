@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""`vfu-platform inspect NAME [--json]` (backends/vfio/report.py).
+"""`vfu-platform inspect NAME [--json]` (vfu_platform/inspect_report.py).
 
 The error paths run for real against this machine's sysfs (it has no /dev/vfio:
 every device that exists can be described but not opened).  The plan and the
@@ -21,7 +21,7 @@ import pytest
 
 from vfu_platform.backends.vfio import Problem, VfioHostError, sysfs
 from vfu_platform.backends.vfio.inspect import DeviceReport, HostReport, IrqReport, RegionReport
-from vfu_platform.backends.vfio.report import InspectReport, format_table, print_inspect, with_plan
+from vfu_platform.inspect_report import InspectReport, format_table, print_inspect, with_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python")

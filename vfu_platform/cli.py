@@ -243,14 +243,14 @@ def control(args: argparse.Namespace) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     """Describe a host device and the server's plan for it; exit 1 when it cannot be opened."""
-    from vfu_platform.backends.vfio.report import print_inspect
+    from vfu_platform.inspect_report import print_inspect
 
     return print_inspect(args.name, as_json=args.json)
 
 
 def _print_report(report: object) -> None:
-    """The `inspect` table of a report (vfu_platform.backends.vfio.report.format_table)."""
-    from vfu_platform.backends.vfio.report import format_table
+    """The `inspect` table of a report (vfu_platform.inspect_report.format_table)."""
+    from vfu_platform.inspect_report import format_table
 
     print(format_table(report))  # type: ignore[arg-type]
 

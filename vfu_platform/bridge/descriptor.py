@@ -14,6 +14,30 @@ from vfu_platform import guest_descriptor as gd
 from vfu_platform.backends.base import IrqInfo, RegionInfo
 from vfu_platform.backends.guest import U64, GuestDevice, PropertyValue
 from vfu_platform.bridge.bar_plan import BarPlan
+from vfu_platform.bridge.irq_page import DESCRIPTOR_OFFSET
+
+
+def build(
+    devices: Sequence[GuestDevice],
+    regions: Sequence[RegionInfo],
+    irqs: Sequence[IrqInfo],
+    plan: BarPlan,
+    mmapped: Callable[[int], bool],
+    msix: bool,
+) -> tuple[tuple[gd.DeviceRecord, ...], bytes, bytes | None]:
+    """(records, descriptor bytes, vendor capability bytes) for the bridge; nothing without devices.
+
+    The descriptor lives at `DESCRIPTOR_OFFSET` of the IRQ page BAR, which the
+    capability names.  ValueError (one line) for a bad declaration.
+    """
+    if not devices:
+        return (), b"", None
+    records = resolve(devices, regions, irqs, plan, mmapped, msix)
+    data = encode(records, msix)
+    irq_bar = plan.irq_bar
+    assert irq_bar is not None
+    capability = gd.encode_capability(gd.Capability(irq_bar.index, DESCRIPTOR_OFFSET, len(data)))
+    return records, data, capability
 
 
 def resolve(

@@ -40,21 +40,22 @@ IOMMU before the session unmaps them.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import BackendError
+from vfu_platform.bridge.api import ClientContext
 from vfu_platform.bridge.device_reset import DeviceResetter
 from vfu_platform.bridge.host_dma import HostDma, supports_host_dma
 from vfu_platform.bridge.pci_bars import BAR_COUNT, EmulatedBars
+from vfu_platform.counters import Counters
+from vfu_platform.fds import close_quietly as _close
 from vfu_platform.protocol import messages as m
-from vfu_platform.server.device_api import ClientContext
+from vfu_platform.trace import TraceHook, Tracer
 
 if TYPE_CHECKING:
     from vfu_platform.backends.vfio import VfioHostBackend
-    from vfu_platform.trace import Tracer
 
 log = logging.getLogger("vfu_platform.passthrough")
 
@@ -92,8 +93,9 @@ class PciPassthrough:
         self.options = options or PassthroughOptions()
         self.regions = backend.host_regions
         self.irqs = backend.host_irqs
-        self.tracer: Tracer | None = None
-        self.counters: dict[str, int] = {}
+        #: the one trace hook (records while a client's tracer is set) and counters
+        self.trace = TraceHook()
+        self.counters = Counters()
         sizes = [self._size(i) for i in range(BAR_COUNT)]
         type_bits = [0] * BAR_COUNT
         if self._size(_CONFIG) >= 0x28:
@@ -116,13 +118,9 @@ class PciPassthrough:
             return 0
         return self.regions[index].size
 
-    # ------------------------------------------------------------ observability
-    def trace(self, event: str, **fields: object) -> None:
-        if self.tracer is not None:
-            self.tracer.event(event, **fields)
-
-    def _bump(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    @property
+    def tracer(self) -> Tracer | None:
+        return self.trace.tracer
 
     # ------------------------------------------------------------ info
     def device_info(self) -> tuple[int, int, int]:
@@ -188,7 +186,7 @@ class PciPassthrough:
         index, action, data_type = request.index, request.action, request.data_type
         start, count = request.start, request.count
         self.trace("set-irqs", index=index, flags=request.flags, start=start, count=count, fds=len(fds))
-        self._bump("set-irqs")
+        self.counters.bump("set-irqs")
         if action == _TRIGGER and data_type == _NONE and count == 0:
             self._disable(index)  # also on an index with no vectors: QEMU disables blindly
             return
@@ -278,7 +276,7 @@ class PciPassthrough:
     # ------------------------------------------------------------ client lifecycle
     def client_attached(self, context: ClientContext) -> None:
         self._client = context
-        self.tracer = context.tracer
+        self.trace.tracer = context.tracer
         self._host_dma = HostDma(self.backend, self.trace)
         self._host_dma.attach(context.dma)
 
@@ -305,13 +303,6 @@ def _selected(request: m.IrqSet) -> list[int]:
     if request.data_type == _BOOL:
         return [v for v, flag in zip(vectors, request.data) if flag]
     return list(vectors)
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 __all__ = ["PassthroughOptions", "PciPassthrough", "serves_as_pci_function"]

@@ -1,55 +1,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""What a session needs from the device it serves (the bridge implements it).
+"""The device API the session serves through: defined one layer down, in `vfu_platform.bridge.api`.
 
-Errors are raised as `BackendError` (or subclasses) carrying the errno the
-client is answered with.  The session has already checked what the protocol
-alone can check (lengths, region bounds against `region_size`, SET_IRQS
-flag/range rules against `irq_info`).
+Named here so that the server's modules read it from their own package; the
+types are the bridge layer's (the server imports them from below, never the
+other way round).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from vfu_platform.bridge.api import ClientContext, ServedDevice
 
-from vfu_platform.protocol import messages
-
-if TYPE_CHECKING:
-    from vfu_platform.dma import DmaMapTable
-    from vfu_platform.server.loop import EventLoop
-    from vfu_platform.trace import Tracer
-
-
-@dataclass(slots=True)
-class ClientContext:
-    """What the device gets to use while a client is attached."""
-
-    dma: "DmaMapTable"
-    loop: "EventLoop"
-    tracer: "Tracer | None"
-
-
-class ServedDevice(Protocol):
-    def device_info(self) -> tuple[int, int, int]:
-        """(flags, num_regions, num_irqs) for DEVICE_GET_INFO."""
-
-    def region_info(self, index: int) -> tuple[messages.RegionInfo, int | None]:
-        """Region `index` (argsz left 0) and the fd to send with it, if mmappable."""
-
-    def region_size(self, index: int) -> int: ...
-
-    def region_read(self, index: int, offset: int, count: int) -> bytes: ...
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None: ...
-
-    def irq_info(self, index: int) -> tuple[int, int]:
-        """(flags, count) of IRQ index `index`."""
-
-    def set_irqs(self, request: messages.IrqSet, fds: list[int]) -> None:
-        """Apply a validated SET_IRQS; takes ownership of `fds` (closes what it does not keep)."""
-
-    def reset(self) -> None: ...
-
-    def client_attached(self, context: ClientContext) -> None: ...
-
-    def client_lost(self) -> None:
-        """Drop every client fd and IRQ state; keep device state for the next client."""
+__all__ = ["ClientContext", "ServedDevice"]

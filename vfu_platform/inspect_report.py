@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """`vfu-platform inspect NAME [--json]`: a host device, and what the server would make of it.
 
-The host half is `inspect.inspect_host()` (device, regions, IRQs, IOMMU).  The
+It lives above the bridge and the backends, whose answers it puts together.
+The host half is `backends.vfio.inspect.inspect_host()` (device, regions, IRQs, IOMMU).  The
 second half is the *plan*: how `vfu-platform serve --host NAME` would present
 the device to a client -
 
@@ -29,6 +30,8 @@ import msgspec
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import BackendError, DeviceBackend, IrqInfo, RegionInfo
 from vfu_platform.backends.vfio.inspect import HostReport, IrqReport, RegionReport, inspect_host
+from vfu_platform.bridge.bar_plan import BarPlanError
+from vfu_platform.bridge.device import PciBridge
 
 _REGION_FLAG_BITS = {"READ": vfio_abi.REGION_FLAG_READ, "WRITE": vfio_abi.REGION_FLAG_WRITE,
                      "MMAP": vfio_abi.REGION_FLAG_MMAP}
@@ -126,9 +129,6 @@ def _bits(names: Sequence[str], table: dict[str, int]) -> int:
 
 def bridge_plan(report: HostReport) -> PlanReport:
     """What the bridge makes of a platform/AMBA device (default options, irq mode intx)."""
-    from vfu_platform.bridge.bar_plan import BarPlanError
-    from vfu_platform.bridge.device import PciBridge
-
     summary = "bridge: the platform device becomes one PCI function (emulated config space, IRQ page)"
     try:
         bridge = PciBridge(_ReportedDevice(report))
