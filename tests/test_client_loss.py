@@ -294,8 +294,8 @@ def test_server_keeps_serving_after_many_deaths(server_factory: Callable[..., Se
 # --------------------------------------------------------------------------- one client at a time
 
 
-def _expect_busy_refusal(sock: socket.socket) -> None:
-    """The refusal: an EBUSY error reply to VERSION (msg_id 0, QEMU's first id), then EOF."""
+def _expect_busy_refusal(sock: socket.socket, msg_id_sent: int = 0) -> None:
+    """The refusal: an EBUSY error reply to the client's VERSION, then EOF."""
     import errno
 
     from vfu_platform.protocol.header import HEADER
@@ -310,7 +310,7 @@ def _expect_busy_refusal(sock: socket.socket) -> None:
         rest = b""
     assert len(data) == 16, f"the second client must get an error reply, got {data!r}"
     msg_id, command, size, flags, error = HEADER.unpack(data)
-    assert (msg_id, command, size, flags, error) == (0, 1, 16, 0x21, errno.EBUSY)
+    assert (msg_id, command, size, flags, error) == (msg_id_sent, 1, 16, 0x21, errno.EBUSY)
     assert rest == b"", "then EOF"
 
 
@@ -321,6 +321,7 @@ def test_second_client_gets_busy_and_the_first_keeps_working(server_factory: Cal
     first.write32(0, gpio.REG_SCRATCH, 1)
     second = server.raw_socket()
     started = time.monotonic()
+    second.sendall(b"\x00\x00\x01\x00\x18\x00\x00\x00" + bytes(8) + b"\x00\x00\x00\x00{}\x00\x00")  # VERSION, id 0
     _expect_busy_refusal(second)
     assert time.monotonic() - started < 1.0, "the refusal must be immediate, not a timeout"
     second.close()
@@ -339,7 +340,7 @@ def test_second_client_that_sends_a_message_is_still_refused(server_factory: Cal
         second.sendall(b"\x01\x00\x01\x00\x20\x00\x00\x00" + bytes(24))
     except (BrokenPipeError, ConnectionResetError):
         pass
-    _expect_busy_refusal(second)
+    _expect_busy_refusal(second, msg_id_sent=1)
     second.close()
     assert first.read32(0, 0) == edu.IDENTIFICATION
 

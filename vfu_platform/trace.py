@@ -8,6 +8,7 @@ a no-op until a `Tracer` is set on it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -40,20 +41,36 @@ class EventRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="eve
 TraceRecord = MessageRecord | EventRecord
 
 
+_log = logging.getLogger("vfu_platform.trace")
+
+
 class Tracer:
+    """Writes the trace; a write that fails (disk full, EIO) stops the trace, never the serving."""
+
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._encoder = msgspec.json.Encoder()
         self._t0 = time.monotonic()
+        #: why the trace stopped ("" while it is written)
+        self.failed = ""
 
     @classmethod
     def open(cls, path: str) -> "Tracer":
         return cls(open(path, "ab", buffering=1 << 16))
 
     def _write(self, record: TraceRecord) -> None:
+        if self.failed:
+            return
         # Flushed line by line: a trace is read most when the server died.
-        self._stream.write(self._encoder.encode(record) + b"\n")
-        self._stream.flush()
+        try:
+            self._stream.write(self._encoder.encode(record) + b"\n")
+            self._stream.flush()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = exc.strerror or str(exc)
+        _log.warning("trace stopped: %s (the server goes on serving; the trace ends here)", self.failed)
 
     def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "") -> None:
         self._write(
@@ -76,10 +93,19 @@ class Tracer:
         self.flush()
 
     def flush(self) -> None:
-        self._stream.flush()
+        if self.failed:
+            return
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._fail(exc)
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError as exc:
+            if not self.failed:
+                self._fail(exc)
 
 
 #: what a component that emits events is given: call it as trace(event, **fields)

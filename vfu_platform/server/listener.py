@@ -36,6 +36,11 @@ from vfu_platform.transport import Channel
 
 log = logging.getLogger("vfu_platform.server")
 
+#: refused connections answered at once when more than this many wait for their first message
+_MAX_REFUSING = 8
+#: how long a refused connection may take to send its first message
+_REFUSAL_WAIT = 1.0
+
 
 class SocketPathError(Exception):
     """The socket path cannot be used (busy, stale, not a socket, no directory)."""
@@ -124,6 +129,8 @@ class Server:
         #: a connection waiting for a stalled session to end, and its deadline timer
         self._pending: socket.socket | None = None
         self._pending_timer: TimerHandle | None = None
+        #: refused connections waiting for their first message, to answer it EBUSY
+        self._refusing: dict[int, tuple[socket.socket, TimerHandle]] = {}
         self.refused = 0
 
     # ------------------------------------------------------------ setup / teardown
@@ -213,6 +220,8 @@ class Server:
 
     def close(self) -> None:
         self._refuse_pending("server shutting down")
+        for fd in list(self._refusing):
+            self._finish_refusal(fd, b"")
         if self.session is not None and not self.session.closed:
             self.session.close("server shutting down")
         if self._listener is not None:
@@ -259,8 +268,9 @@ class Server:
                 # stalled for message_timeout): let the new one wait for that, not fail.
                 log.info("a new client waits: the current one is stalled")
                 self._pending = conn
-                self._pending_timer = self.loop.call_later(
-                    self.options.message_timeout, lambda: self._refuse_pending("the current client is still served"))
+                self._pending_timer = self.loop.call_later(  # its stall began before: a little slack
+                    self.options.message_timeout * 1.1 + 0.05,
+                    lambda: self._refuse_pending("the current client is still served"))
                 return
             self._refuse(conn, "a client is already being served")
             return
@@ -297,16 +307,54 @@ class Server:
             self._refuse(conn, why)
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
-        """Tell a client it cannot be served: EBUSY in answer to its VERSION, then EOF."""
+        """Tell a client it cannot be served: EBUSY in answer to its first message (VERSION), then EOF.
+
+        The answer waits for that message (at most a second): a client still sending its
+        VERSION to a socket already closed would see EPIPE instead of the reason.
+        """
         self.refused += 1
         log.warning("refusing a second client: %s", why)
         if self.tracer:
             self.tracer.event("client-refused", reason=why)
+        if len(self._refusing) >= _MAX_REFUSING:
+            self._answer_busy(conn, b"")
+            return
+        conn.setblocking(False)
+        fd = conn.fileno()
+        timer = self.loop.call_later(_REFUSAL_WAIT, lambda: self._finish_refusal(fd, b""))
+        self._refusing[fd] = (conn, timer)
+        self.loop.add_reader(fd, lambda: self._on_refused_readable(fd))
+
+    def _on_refused_readable(self, fd: int) -> None:
+        entry = self._refusing.get(fd)
+        if entry is None:
+            return
+        try:
+            data = entry[0].recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._finish_refusal(fd, data)
+
+    def _finish_refusal(self, fd: int, data: bytes) -> None:
+        entry = self._refusing.pop(fd, None)
+        if entry is None:
+            return
+        conn, timer = entry
+        timer.cancel()
+        self.loop.remove_reader(fd)
+        self._answer_busy(conn, data)
+
+    @staticmethod
+    def _answer_busy(conn: socket.socket, data: bytes) -> None:
+        msg_id = int.from_bytes(data[0:2], "little") if len(data) >= 2 else 0
+        command = int.from_bytes(data[2:4], "little") if len(data) >= 4 else Command.VERSION
         try:
             conn.setblocking(False)
-            conn.send(encode_error(0, Command.VERSION, errno.EBUSY))
-            # Read what it already sent: closing with unread data would reset the connection
-            # and the peer could lose the error reply.
+            conn.send(encode_error(msg_id, command, errno.EBUSY))
+            # Read what else it sent: closing with unread data resets the connection, and
+            # the peer could lose the error reply.
             for _ in range(16):
                 if not conn.recv(65536):
                     break

@@ -212,11 +212,21 @@ class Session:
             log.warning("dropping client: %s", exc)
             self.close(f"framing error: {exc}")
             return
-        if buffer.buffered and self._stall_timer is None and self.state is not SessionState.CLOSED:
-            self._arm_stall_timer()  # part of a message is here: the rest is due in time
+        if self.state is SessionState.CLOSED:
+            return
+        if buffer.buffered:
+            # Part of a message is here: the rest is due within message_timeout of its start.
+            if self._stall_timer is None or (buffer.position != self._stall_mark
+                                             and self.state is SessionState.READY):
+                self._arm_stall_timer()  # (before VERSION the deadline stays the one from connecting)
+        elif self._stall_timer is not None and self.state is SessionState.READY:
+            self._stall_timer.cancel()  # nothing pending: an idle client is no stalled one
+            self._stall_timer = None
 
     # ------------------------------------------------------------ stalled clients
     def _arm_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         self._stall_mark = self.channel.buffer.position
         self._stall_timer = self.loop.call_later(self.options.message_timeout, self._on_stall_timer)
 
