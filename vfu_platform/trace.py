@@ -30,6 +30,12 @@ class MessageRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="m
     fds: int = 0
     errno: int = 0
     note: str = ""
+    #: a region access (REGION_READ/WRITE, DMA_READ/WRITE): region index (None for DMA), offset or iova,
+    #: byte count, and the value for accesses of 1, 2, 4 or 8 bytes
+    region: int | None = None
+    offset: int | None = None
+    count: int | None = None
+    value: int | None = None
 
 
 class EventRecord(msgspec.Struct, omit_defaults=True, tag_field="kind", tag="event"):
@@ -72,7 +78,9 @@ class Tracer:
         self.failed = exc.strerror or str(exc)
         _log.warning("trace stopped: %s (the server goes on serving; the trace ends here)", self.failed)
 
-    def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "") -> None:
+    def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "", *,
+                region: int | None = None, offset: int | None = None, count: int | None = None,
+                value: int | None = None) -> None:
         self._write(
             MessageRecord(
                 t=round(time.monotonic() - self._t0, 6),
@@ -85,6 +93,10 @@ class Tracer:
                 fds=nfds,
                 errno=error,
                 note=note,
+                region=region,
+                offset=offset,
+                count=count,
+                value=value,
             )
         )
 
