@@ -171,13 +171,13 @@ def children_cpu_us() -> float:
 
 class ServerProcess:
     def __init__(self, name: str, argv: list[str], socket_path: Path, log_path: Path, cpu: int | None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
         self.name = name
         self.socket_path = socket_path
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=REPO, env=env, start_new_session=True)
+                                     cwd=cwd, env=env, start_new_session=True)
         if cpu is not None:
             os.sched_setaffinity(self.proc.pid, {cpu})
 
@@ -221,20 +221,24 @@ def server_python(requested: str | None) -> str:
 
 
 def start_servers(kinds: list[str], binaries: dict[str, Path], work: Path, python: str,
-                  cpu: int | None) -> dict[str, ServerProcess]:
+                  cpu: int | None, before: Path | None = None) -> dict[str, ServerProcess]:
     servers: dict[str, ServerProcess] = {}
     try:
         for kind in kinds:
             sock = work / f"{kind}.sock"
+            env, cwd = None, REPO
             if kind == "ref":
                 argv = [str(binaries["pingpong"]), "server", str(sock)]
-            elif kind == "vfu":
+            elif kind in ("vfu", "before"):
                 argv = [python, "-m", "vfu_platform", "serve", "--socket", str(sock)]
+                if kind == "before":  # the same command, on another checkout of the package
+                    assert before is not None
+                    env, cwd = {**os.environ, "PYTHONPATH": str(before)}, before
             elif kind == "floor":
                 argv = [python, "-c", FLOOR_SERVER, str(sock)]
             else:
                 raise ValueError(kind)
-            servers[kind] = ServerProcess(kind, argv, sock, work / f"{kind}.log", cpu)
+            servers[kind] = ServerProcess(kind, argv, sock, work / f"{kind}.log", cpu, env=env, cwd=cwd)
         for server in servers.values():
             server.wait_ready()
     except BaseException:
@@ -314,7 +318,7 @@ def run_client(client: Path, server: ServerProcess, case: Case, args: argparse.N
 
 def build_cases(args: argparse.Namespace) -> list[tuple[str, list[Case]]]:
     ops = ["read", "write"] + (["posted"] if args.posted else [])
-    kinds = ["ref", "vfu"] + (["floor"] if args.floor else [])
+    kinds = ["ref", "vfu"] + (["before"] if args.before else []) + (["floor"] if args.floor else [])
     return [(op, [Case(f"{kind}-{op}", kind, op) for kind in kinds]) for op in ops]
 
 
@@ -322,7 +326,12 @@ def run_benchmark(args: argparse.Namespace, binaries: dict[str, Path], work: Pat
     groups = build_cases(args)
     kinds = [case.server for case in groups[0][1]]
     server_cpu, client_cpu = (1, 0) if args.pin else (None, None)
-    servers = start_servers(kinds, binaries, work, server_python(args.python), server_cpu)
+    hogs = start_contention(args.contention)
+    try:
+        servers = start_servers(kinds, binaries, work, server_python(args.python), server_cpu, args.before)
+    except BaseException:
+        stop_contention(hogs)
+        raise
     results = {case.name: Result(case) for _op, cases in groups for case in cases}
     round_ratios: dict[str, list[float]] = {}
     try:
@@ -353,7 +362,24 @@ def run_benchmark(args: argparse.Namespace, binaries: dict[str, Path], work: Pat
     finally:
         for server in servers.values():
             server.stop()
+        stop_contention(hogs)
     return report(args, results, round_ratios)
+
+
+#: A process that only burns CPU: `--contention N` runs N of them beside the servers.
+BUSY_LOOP = "while 1: pass"
+
+
+def start_contention(count: int) -> list[subprocess.Popen[bytes]]:
+    """N busy processes competing with the servers for the CPUs (the contention regime)."""
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL, start_new_session=True)
+            for _ in range(count)]
+
+
+def stop_contention(hogs: list[subprocess.Popen[bytes]]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
 
 
 def report(args: argparse.Namespace, results: dict[str, Result], round_ratios: dict[str, list[float]]) -> dict[str, Any]:
@@ -375,6 +401,8 @@ def report(args: argparse.Namespace, results: dict[str, Result], round_ratios: d
             "round_p50_us": [v / 1e3 for v in res.round_p50],
             "ratio_p50_vs_ref": p50 / ref.pct(50),
         }
+        ref_cpu = ref.server_sched_ns / ref.counted_ops if ref.counted_ops else 0.0
+        entry["cpu_ratio_vs_ref"] = (res.server_sched_ns / res.counted_ops) / ref_cpu if ref_cpu and res.counted_ops else 0.0
         if name in round_ratios:
             entry["round_ratios"] = round_ratios[name]
             entry["median_round_ratio"] = statistics.median(round_ratios[name])
@@ -385,7 +413,8 @@ def report(args: argparse.Namespace, results: dict[str, Result], round_ratios: d
         "machine": machine_info(),
         "code": code_info(),
         "config": {"iterations": args.iterations, "warmup": args.warmup, "rounds": args.rounds,
-                   "posted_batch": args.batch, "pinned": args.pin, "target_ratio": 1.25},
+                   "posted_batch": args.batch, "pinned": args.pin, "target_ratio": 1.25,
+                   "contention": args.contention, "before": str(args.before) if args.before else None},
         "cases": cases,
     }
 
@@ -422,20 +451,24 @@ def print_table(data: dict[str, Any]) -> None:
     code = data["code"]
     print(f"server code: {code['commit'] or 'unknown'}{' + uncommitted changes' if code['dirty'] else ''}")
     print(f"{c['iterations']} timed ops per case per round (+{c['warmup']} warm-up), {c['rounds']} rounds, "
-          f"posted batch {c['posted_batch']}, pinned {'yes' if c['pinned'] else 'no'}")
+          f"posted batch {c['posted_batch']}, pinned {'yes' if c['pinned'] else 'no'}, "
+          f"{c['contention']} busy processes beside the servers")
+    if c["before"]:
+        print(f"before: the server from {c['before']}")
     print()
     header = f"{'case':<13} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} {'ops/s':>9} {'srv CPU':>8} {'srv sch':>8} " \
-             f"{'x ref':>6}  per-round ratio"
+             f"{'cpu x':>6} {'x ref':>6}  per-round ratio"
     print(header)
     print("-" * len(header))
     for name, e in data["cases"].items():
         rounds = " ".join(f"{r:.2f}" for r in e.get("round_ratios", []))
         print(f"{name:<13} {e['p50_us']:8.2f} {e['p90_us']:8.2f} {e['p99_us']:8.2f} {e['ops_per_s']:9.0f} "
               f"{e['server_cpu_us_per_op']:8.2f} {e['server_sched_cpu_us_per_op']:8.2f} "
-              f"{e['ratio_p50_vs_ref']:6.2f}  {rounds}")
+              f"{e['cpu_ratio_vs_ref']:6.2f} {e['ratio_p50_vs_ref']:6.2f}  {rounds}")
     print()
     print("srv CPU: server utime+stime per op (µs, /proc/PID/stat, 10 ms ticks); srv sch: same from")
-    print("/proc/PID/schedstat (ns resolution). x ref: pooled p50 / the bare ping-pong p50 of the same op;")
+    print("/proc/PID/schedstat (ns resolution); cpu x: srv sch / the ping-pong server's srv sch of the same op.")
+    print("x ref: pooled p50 / the bare ping-pong p50 of the same op;")
     print(f"target for vfu: <= {c['target_ratio']}. posted: per-write time amortised over a batch of "
           f"{c['posted_batch']} NO_REPLY writes + 1 read.")
     for name, e in data["cases"].items():
@@ -540,6 +573,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-posted", dest="posted", action="store_false", help="skip the posted-write cases")
     p.add_argument("--no-floor", dest="floor", action="store_false", help="skip the minimal-Python floor server")
     p.add_argument("--pin", action="store_true", help="pin servers to CPU 1 and clients to CPU 0")
+    p.add_argument("--contention", type=int, default=0, metavar="N",
+                   help="run N busy processes beside the servers (the contention regime; default 0)")
+    p.add_argument("--before", type=Path, metavar="DIR",
+                   help="also time the server of another checkout (e.g. a git worktree of the old code)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--profile", action="store_true", help="profile the server's hot path with cProfile instead")
     p.add_argument("--profile-op", choices=["read", "write"], default="read", help="op to profile (default read)")
@@ -549,6 +586,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cc", default=os.environ.get("CC", "gcc"), help="C compiler (default $CC or gcc)")
     p.add_argument("--build-dir", type=Path, help="where to cache the C binaries (default ~/.cache/vfu-platform-bench)")
     args = p.parse_args(argv)
+    if args.contention < 0:
+        p.error("--contention must not be negative")
+    if args.before is not None and not (args.before / "vfu_platform" / "__init__.py").exists():
+        p.error(f"--before {args.before}: no vfu_platform package there")
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1 or args.batch < 1 or args.top < 1:
         p.error("--iterations, --rounds, --batch and --top must be positive, --warmup not negative")
     if args.pin and (os.cpu_count() or 1) < 2:

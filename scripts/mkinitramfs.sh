@@ -15,7 +15,7 @@
 # Host tools: bash, gzip and the provisioned busybox (cpio, xz, depmod, strings);
 # no cpio, xz-utils or kmod needed on the host. Needs root for the /dev/console
 # node (the kernel opens it before /init runs). Callers that want to reuse an
-# image key it by its inputs (vfu_platform.testbench.qemu.build_initramfs does).
+# image key it by its inputs (testbench/qemu.py build_initramfs does).
 set -euo pipefail
 
 usage() { sed -n '4,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

@@ -77,6 +77,9 @@ class Plain(SimDevice):
     """One register region and one level line; declares nothing for the guest."""
 
     name = "plain"
+    pci_vendor = 0x1234  # a test model, with an identity of its own (not the unidentified default)
+    pci_device = 0x5700
+    pci_class = 0xFF0000
 
     def __init__(self) -> None:
         super().__init__()

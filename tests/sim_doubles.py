@@ -64,6 +64,22 @@ class RamDma:
         self._check(iova, len(data))
         self.ram[iova : iova + len(data)] = data
 
+    def read_then(self, iova: int, size: int, done: Callable[[bytes | DmaError], None]) -> None:
+        try:
+            data = self.read(iova, size)
+        except DmaError as exc:
+            done(exc)
+            return
+        done(data)
+
+    def write_then(self, iova: int, data: bytes, done: Callable[[bytes | DmaError], None]) -> None:
+        try:
+            self.write(iova, data)
+        except DmaError as exc:
+            done(exc)
+            return
+        done(b"")
+
 
 def take(fd: int) -> int:
     """The eventfd's count since the last take (0 if it was not signalled)."""

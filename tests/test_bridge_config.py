@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import CONFIG, ServerProcess, config_read, config_write, write_config
-from server_fixtures import edu_server, gpio_server, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import CONFIG, ProcessServer, config_read, config_write, write_config
 from vfu_platform import vfio_abi
 from vfu_platform.client import VfioUserClient, VfioUserError
 
@@ -47,9 +46,9 @@ def bar_size_from_mask(mask: int) -> int:
     ("model", "vendor", "device", "class_code"),
     [("edu", 0x1234, 0x11E8, 0x00FF00), ("gpio", 0x1234, 0x5650, 0x088000)],
 )
-def test_identity_registers(server_factory: Callable[..., ServerProcess], model: str, vendor: int,
+def test_identity_registers(vfu_server: Callable[..., ProcessServer], model: str, vendor: int,
                             device: int, class_code: int) -> None:
-    client = server_factory(device=model).connect()
+    client = vfu_server(model).connect()
     assert config_read(client, 0x00, 2) == vendor
     assert config_read(client, 0x02, 2) == device
     assert config_read(client, 0x09, 3) == class_code
@@ -62,7 +61,7 @@ def test_identity_registers(server_factory: Callable[..., ServerProcess], model:
     assert config_read(client, 0x06, 2) == 0  # no capabilities in intx mode, no interrupt
 
 
-def test_whole_config_space_in_one_read(edu_server: ServerProcess) -> None:
+def test_whole_config_space_in_one_read(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     info, fd = client.region_info(CONFIG)
     assert fd is None
@@ -75,7 +74,7 @@ def test_whole_config_space_in_one_read(edu_server: ServerProcess) -> None:
         assert blob[offset : offset + 4] == client.region_read(CONFIG, offset, 4)
 
 
-def test_config_access_past_the_end_is_refused(edu_server: ServerProcess) -> None:
+def test_config_access_past_the_end_is_refused(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     with pytest.raises(VfioUserError) as error:
         client.region_read(CONFIG, 0xFE, 4)
@@ -83,7 +82,7 @@ def test_config_access_past_the_end_is_refused(edu_server: ServerProcess) -> Non
     client.sync()  # the session goes on
 
 
-def test_read_only_identity_ignores_writes(edu_server: ServerProcess) -> None:
+def test_read_only_identity_ignores_writes(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, 0x00, 4, 0xDEADBEEF)
     config_write(client, 0x08, 4, 0xFFFFFFFF)
@@ -95,7 +94,7 @@ def test_read_only_identity_ignores_writes(edu_server: ServerProcess) -> None:
     assert config_read(client, 0x3D, 1) == 1
 
 
-def test_command_writable_bits(edu_server: ServerProcess) -> None:
+def test_command_writable_bits(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, 0x04, 2, 0xFFFF)
     # memory, bus master, SERR, INTx disable; no IO BARs, so IO enable stays 0
@@ -104,13 +103,13 @@ def test_command_writable_bits(edu_server: ServerProcess) -> None:
     assert config_read(client, 0x04, 2) == 0x0006
 
 
-def test_status_writes_are_ignored(edu_server: ServerProcess) -> None:
+def test_status_writes_are_ignored(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, 0x06, 2, 0xFFFF)
     assert config_read(client, 0x06, 2) == 0
 
 
-def test_interrupt_line_cache_line_and_latency_are_read_write(edu_server: ServerProcess) -> None:
+def test_interrupt_line_cache_line_and_latency_are_read_write(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, 0x3C, 1, 10)
     config_write(client, 0x0C, 1, 0x10)
@@ -119,7 +118,7 @@ def test_interrupt_line_cache_line_and_latency_are_read_write(edu_server: Server
     assert config_read(client, 0x0C, 2) == 0x4010
 
 
-def test_device_reset_restores_config(edu_server: ServerProcess) -> None:
+def test_device_reset_restores_config(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, 0x04, 2, 0x0406)
     config_write(client, BAR0, 4, 0xFE00_0000)
@@ -133,7 +132,7 @@ def test_device_reset_restores_config(edu_server: ServerProcess) -> None:
 # --------------------------------------------------------------------------- BARs
 
 
-def test_edu_bars(edu_server: ServerProcess) -> None:
+def test_edu_bars(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     info, fd = client.region_info(0)
     assert (info.size, fd) == (MIB, None)  # edu's registers: 1 MiB, trapped
@@ -150,7 +149,7 @@ def test_edu_bars(edu_server: ServerProcess) -> None:
         assert client.region_info(absent)[0].size == 0
 
 
-def test_gpio_bars(gpio_server: ServerProcess) -> None:
+def test_gpio_bars(gpio_server: ProcessServer) -> None:
     client = gpio_server.connect()
     for bar in range(3):  # registers, SRAM, IRQ page: 4 KiB each
         mask, _ = size_bar(client, bar)
@@ -162,7 +161,7 @@ def test_gpio_bars(gpio_server: ServerProcess) -> None:
     os.close(fd)
 
 
-def test_bar_base_address_is_kept_with_type_bits(edu_server: ServerProcess) -> None:
+def test_bar_base_address_is_kept_with_type_bits(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, BAR0, 4, 0xFEB1_2345)
     assert bar_register(client, 0) == 0xFEB0_0000  # size-aligned, type bits 0
@@ -170,7 +169,7 @@ def test_bar_base_address_is_kept_with_type_bits(edu_server: ServerProcess) -> N
     assert bar_register(client, 1) == 0xFEBF_F000
 
 
-def test_rom_probe_reads_zero(edu_server: ServerProcess) -> None:
+def test_rom_probe_reads_zero(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     config_write(client, ROM, 4, 0xFFFF_F800)  # QEMU's probe at realize
     assert config_read(client, ROM, 4) == 0
@@ -180,7 +179,7 @@ def test_rom_probe_reads_zero(edu_server: ServerProcess) -> None:
     assert client.region_info(vfio_abi.PCI_VGA_REGION_INDEX)[0].size == 0
 
 
-def test_bar_access_outside_region_is_refused(edu_server: ServerProcess) -> None:
+def test_bar_access_outside_region_is_refused(edu_server: ProcessServer) -> None:
     client = edu_server.connect()
     with pytest.raises(VfioUserError):
         client.region_read(0, MIB - 2, 4)
@@ -194,7 +193,7 @@ def test_bar_access_outside_region_is_refused(edu_server: ServerProcess) -> None
 # --------------------------------------------------------------------------- TOML config
 
 
-def test_toml_overrides_identity(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_toml_overrides_identity(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
         """
@@ -207,30 +206,30 @@ class_code = 0x058000
 revision = 3
 """,
     )
-    client = server_factory(device="edu", config=config).connect()
+    client = vfu_server("edu", config=config).connect()
     assert config_read(client, 0x00, 4) == 0x10F0_1AF4
     assert config_read(client, 0x08, 4) == 0x0580_0003
     assert config_read(client, 0x2C, 4) == 0x0042_8086
     assert client.read32(0, 0) == 0x010000ED  # still edu behind it
 
 
-def test_toml_irq_mode_msix(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_toml_irq_mode_msix(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     config = write_config(tmp_path, '[device]\nmodel = "gpio"\n[bridge]\nirq_mode = "msix"\n')
-    client = server_factory(device="gpio", config=config).connect()
+    client = vfu_server("gpio", config=config).connect()
     assert config_read(client, 0x34, 1) == 0x40
     assert config_read(client, 0x40, 1) == 0x11
     assert client.irq_info(vfio_abi.PCI_MSIX_IRQ_INDEX).count == 5
 
 
-def test_command_line_irq_mode_wins_over_toml(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_command_line_irq_mode_wins_over_toml(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     config = write_config(tmp_path, '[bridge]\nirq_mode = "msix"\n')
-    client = server_factory(device="gpio", config=config, irq_mode="intx").connect()
+    client = vfu_server("gpio", config=config, irq_mode="intx").connect()
     assert client.irq_info(vfio_abi.PCI_MSIX_IRQ_INDEX).count == 0
 
 
-def test_toml_64bit_prefetchable_bar(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_toml_64bit_prefetchable_bar(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     config = write_config(tmp_path, "[[bridge.region]]\nindex = 0\nbits64 = true\nprefetchable = true\n")
-    client = server_factory(device="edu", config=config).connect()
+    client = vfu_server("edu", config=config).connect()
     assert bar_register(client, 0) == 0x4 | 0x8  # 64-bit, prefetchable
     low, _ = size_bar(client, 0)
     high, _ = size_bar(client, 1)
@@ -241,9 +240,9 @@ def test_toml_64bit_prefetchable_bar(server_factory: Callable[..., ServerProcess
     assert client.read32(2, 0xD00) == 0x50554656  # the IRQ page's magic
 
 
-def test_toml_region_never_mmapped(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_toml_region_never_mmapped(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     config = write_config(tmp_path, "[[bridge.region]]\nindex = 1\nmmap = \"never\"\n")
-    client = server_factory(device="gpio", config=config).connect()
+    client = vfu_server("gpio", config=config).connect()
     info, fd = client.region_info(1)
     assert fd is None and not info.flags & vfio_abi.REGION_FLAG_MMAP
     client.write32(1, 0x10, 0xABCD)

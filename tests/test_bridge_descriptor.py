@@ -14,8 +14,7 @@ import pytest
 
 import guest_models
 from fake_host import serve_in_thread
-from server_fixtures import CONFIG, ServerProcess, config_read
-from server_fixtures import server_factory  # noqa: F401  (fixture)
+from vfu_platform.testing import CONFIG, ProcessServer, config_read
 from test_cli import assert_one_line_error, serve
 from vfu_platform import guest_descriptor as gd
 from vfu_platform.bridge import irq_page
@@ -112,9 +111,9 @@ def test_widget_bar_indices_follow_the_plan_when_regions_are_64bit(tmp_path: Pat
     bridge.close()
 
 
-def test_devices_without_guest_devices_keep_the_4k_page_and_no_capability(server_factory) -> None:
+def test_devices_without_guest_devices_keep_the_4k_page_and_no_capability(vfu_server) -> None:
     for device, mode, irq_bar in (("edu", None, 1), ("gpio", "msix", 2)):
-        server: ServerProcess = server_factory(device=device, irq_mode=mode)
+        server: ProcessServer = vfu_server(device, irq_mode=mode)
         client = server.connect()
         assert capabilities(client) == ([(0x40, 0x11)] if mode else [])
         if mode:

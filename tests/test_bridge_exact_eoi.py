@@ -10,17 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from server_fixtures import (
-    NO_IRQ,
-    EventFd,
-    ServerProcess,
-    install_intx,
-    intx_status,
-    intx_unmask,
-    irq_reg,
-    write_config,
-)
-from server_fixtures import eventfds, gpio_server, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import NO_IRQ, EventFd, ProcessServer, install_intx, intx_status, intx_unmask, irq_reg, write_config
 from test_bridge_msix import enable_msix
 from vfu_platform.backends.sim import gpio
 from vfu_platform.bridge import irq_page
@@ -50,15 +40,15 @@ def ack_line(client: VfioUserClient, line: int) -> None:
 
 
 @pytest.fixture
-def exact_intx(gpio_server: ServerProcess, eventfds) -> tuple[VfioUserClient, EventFd]:
+def exact_intx(gpio_server: ProcessServer, vfu_eventfds) -> tuple[VfioUserClient, EventFd]:
     client = gpio_server.connect()
     set_exact(client)  # before INTx is enabled, as the spec tells the driver
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     return client, trigger
 
 
-def test_irq_ctrl_reads_back_and_only_bit0_sticks(gpio_server: ServerProcess) -> None:
+def test_irq_ctrl_reads_back_and_only_bit0_sticks(gpio_server: ProcessServer) -> None:
     client = gpio_server.connect()
     assert page(client, irq_page.IRQ_CTRL) == 0
     client.write32(IRQ_BAR, irq_page.IRQ_CTRL, 0xFFFF_FFFF)
@@ -131,7 +121,7 @@ def test_intx_lowered_before_the_guest_took_it_is_raised_again(exact_intx) -> No
     trigger.expect_none()
 
 
-def test_bad_irq_eoi_writes_are_ignored_and_counted(exact_intx, gpio_server: ServerProcess) -> None:
+def test_bad_irq_eoi_writes_are_ignored_and_counted(exact_intx, gpio_server: ProcessServer) -> None:
     client, trigger = exact_intx
     irq_eoi(client, 0)  # nothing ACTIVE
     raise_lines(client, 0b11)
@@ -158,7 +148,7 @@ def test_device_reset_clears_exact_eoi(exact_intx) -> None:
     assert page(client, irq_page.IRQ_CTRL) == 0
 
 
-def test_client_departure_clears_exact_eoi(gpio_server: ServerProcess, eventfds) -> None:
+def test_client_departure_clears_exact_eoi(gpio_server: ProcessServer, vfu_eventfds) -> None:
     client = gpio_server.connect()
     set_exact(client)
     assert page(client, irq_page.IRQ_CTRL) == 1
@@ -166,7 +156,7 @@ def test_client_departure_clears_exact_eoi(gpio_server: ServerProcess, eventfds)
     second = gpio_server.connect()
     assert page(second, irq_page.IRQ_CTRL) == 0
     # and the seed's rule is back: the unmask alone ends an interrupt of a line without ack
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(second, trigger)
     raise_lines(second, 0b1)
     trigger.expect_one()
@@ -182,10 +172,10 @@ use_model_acks = false
 
 
 @pytest.mark.parametrize("exact", [False, True])
-def test_msix_first_access_heuristic_off_under_exact_eoi(server_factory, eventfds, tmp_path, exact: bool) -> None:
-    server = server_factory(device="gpio", irq_mode="msix", config=write_config(tmp_path, NO_ACKS))
+def test_msix_first_access_heuristic_off_under_exact_eoi(vfu_server, vfu_eventfds, tmp_path, exact: bool) -> None:
+    server = vfu_server("gpio", irq_mode="msix", config=write_config(tmp_path, NO_ACKS))
     client = server.connect()
-    vectors = eventfds(5)
+    vectors = vfu_eventfds(5)
     enable_msix(client, vectors)
     if exact:
         set_exact(client)

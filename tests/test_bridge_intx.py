@@ -12,25 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from server_fixtures import (
-    INTX,
-    MASK_NONE,
-    NO_IRQ,
-    TRIGGER_NONE,
-    UNMASK_EVENTFD,
-    EventFd,
-    ServerProcess,
-    install_intx,
-    intx_status,
-    intx_unmask,
-    irq_reg,
-    pci_status,
-    set_command,
-    wait_until,
-)
+from vfu_platform.testing import INTX, MASK_NONE, NO_IRQ, TRIGGER_NONE, UNMASK_EVENTFD, EventFd, ProcessServer, install_intx, intx_status, intx_unmask, irq_reg, pci_status, set_command, wait_until
 from vfu_platform.backends.sim import edu, gpio
 from vfu_platform.bridge import irq_page
-from server_fixtures import edu_server, eventfds, gpio_server, server_factory  # noqa: F401  (fixtures)
 from vfu_platform.client import VfioUserClient
 
 EDU = 0  # edu's register BAR
@@ -50,9 +34,9 @@ def edu_page(client: VfioUserClient, register: int) -> int:
 
 
 @pytest.fixture
-def edu_intx(edu_server: ServerProcess, eventfds) -> tuple[VfioUserClient, EventFd]:
+def edu_intx(edu_server: ProcessServer, vfu_eventfds) -> tuple[VfioUserClient, EventFd]:
     client = edu_server.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     return client, trigger
 
@@ -140,9 +124,9 @@ def test_unmask_without_active_irq_is_harmless(edu_intx) -> None:
 # --------------------------------------------------------------------------- KVM path: resample eventfd
 
 
-def test_resample_eventfd_acts_as_eoi(edu_intx, eventfds) -> None:
+def test_resample_eventfd_acts_as_eoi(edu_intx, vfu_eventfds) -> None:
     client, trigger = edu_intx
-    (resample,) = eventfds(1)
+    (resample,) = vfu_eventfds(1)
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1, [resample.fd])
     edu_raise(client)
     trigger.expect_one()
@@ -163,9 +147,9 @@ def test_resample_eventfd_acts_as_eoi(edu_intx, eventfds) -> None:
     assert edu_page(client, irq_page.IRQ_EOIS) == 2
 
 
-def test_resample_before_ack_then_ack_completes(edu_intx, eventfds) -> None:
+def test_resample_before_ack_then_ack_completes(edu_intx, vfu_eventfds) -> None:
     client, trigger = edu_intx
-    (resample,) = eventfds(1)
+    (resample,) = vfu_eventfds(1)
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1, [resample.fd])
     edu_raise(client)
     trigger.expect_one()
@@ -176,9 +160,9 @@ def test_resample_before_ack_then_ack_completes(edu_intx, eventfds) -> None:
     wait_until(lambda: edu_page(client, irq_page.IRQ_ACTIVE) == NO_IRQ, what="EOI after resample + ack")
 
 
-def test_new_resample_eventfd_replaces_the_old_one(edu_intx, eventfds) -> None:
+def test_new_resample_eventfd_replaces_the_old_one(edu_intx, vfu_eventfds) -> None:
     client, trigger = edu_intx
-    old, new = eventfds(2)
+    old, new = vfu_eventfds(2)
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1, [old.fd])
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1, [new.fd])
     edu_raise(client)
@@ -192,9 +176,9 @@ def test_new_resample_eventfd_replaces_the_old_one(edu_intx, eventfds) -> None:
     wait_until(lambda: edu_page(client, irq_page.IRQ_ACTIVE) == NO_IRQ, what="EOI through the new resamplefd")
 
 
-def test_resample_eventfd_can_be_removed(edu_intx, eventfds) -> None:
+def test_resample_eventfd_can_be_removed(edu_intx, vfu_eventfds) -> None:
     client, trigger = edu_intx
-    (resample,) = eventfds(1)
+    (resample,) = vfu_eventfds(1)
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1, [resample.fd])
     client.set_irqs(INTX, UNMASK_EVENTFD, 0, 1)  # no fd: de-register
     edu_raise(client)
@@ -252,9 +236,9 @@ def test_intx_disable_toggle_without_irq_is_quiet(edu_intx) -> None:
     assert client.region_read(7, 0x04, 2) == (0x0006).to_bytes(2, "little")
 
 
-def test_set_irqs_count_zero_disables_intx(edu_server: ServerProcess, eventfds) -> None:
+def test_set_irqs_count_zero_disables_intx(edu_server: ProcessServer, vfu_eventfds) -> None:
     client = edu_server.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     edu_raise(client)
     trigger.expect_one()
@@ -265,16 +249,16 @@ def test_set_irqs_count_zero_disables_intx(edu_server: ServerProcess, eventfds) 
     edu_raise(client)
     trigger.expect_none(what="INTx after the index was disabled")
     # Re-enabling: the still-asserted level line is delivered to the new trigger.
-    (again,) = eventfds(1)
+    (again,) = vfu_eventfds(1)
     install_intx(client, again)
     again.expect_one(what="still-asserted line after re-enabling INTx")
     trigger.expect_none()
 
 
-def test_disable_then_reenable_without_pending_line_is_quiet(edu_intx, eventfds) -> None:
+def test_disable_then_reenable_without_pending_line_is_quiet(edu_intx, vfu_eventfds) -> None:
     client, trigger = edu_intx
     client.set_irqs(INTX, TRIGGER_NONE, 0, 0)
-    (again,) = eventfds(1)
+    (again,) = vfu_eventfds(1)
     install_intx(client, again)
     again.expect_none()
     edu_raise(client)
@@ -307,11 +291,11 @@ def test_device_reset_clears_irq_state(edu_intx) -> None:
     trigger.expect_one(what="INTx after DEVICE_RESET")
 
 
-def test_fire_before_trigger_is_delivered_when_installed(edu_server: ServerProcess, eventfds) -> None:
+def test_fire_before_trigger_is_delivered_when_installed(edu_server: ProcessServer, vfu_eventfds) -> None:
     client = edu_server.connect()
     edu_raise(client)
     client.sync()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     trigger.expect_one(what="INTx of a line raised before the trigger existed")
 
@@ -328,9 +312,9 @@ def gpio_page(client: VfioUserClient, register: int) -> int:
 
 
 @pytest.fixture
-def gpio_intx(gpio_server: ServerProcess, eventfds) -> tuple[VfioUserClient, EventFd]:
+def gpio_intx(gpio_server: ProcessServer, vfu_eventfds) -> tuple[VfioUserClient, EventFd]:
     client = gpio_server.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     return client, trigger
 

@@ -13,22 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from server_fixtures import (
-    CONFIG,
-    MSIX,
-    NO_IRQ,
-    TRIGGER_EVENTFD,
-    TRIGGER_NONE,
-    EventFd,
-    ServerProcess,
-    config_read,
-    config_write,
-    intx_status,
-    irq_reg,
-    wait_until,
-    write_config,
-)
-from server_fixtures import eventfds, gpio_msix_server, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import CONFIG, MSIX, NO_IRQ, TRIGGER_EVENTFD, TRIGGER_NONE, EventFd, ProcessServer, config_read, config_write, intx_status, irq_reg, wait_until, write_config
 from vfu_platform import vfio_abi
 from vfu_platform.backends.sim import gpio
 from vfu_platform.bridge import irq_page, msix
@@ -72,9 +57,9 @@ def enable_msix(client: VfioUserClient, vectors: list[EventFd]) -> None:
 
 
 @pytest.fixture
-def msix_client(gpio_msix_server: ServerProcess, eventfds) -> tuple[VfioUserClient, list[EventFd]]:
+def msix_client(gpio_msix_server: ProcessServer, vfu_eventfds) -> tuple[VfioUserClient, list[EventFd]]:
     client = gpio_msix_server.connect()
-    vectors = eventfds(VECTORS)
+    vectors = vfu_eventfds(VECTORS)
     enable_msix(client, vectors)
     return client, vectors
 
@@ -88,7 +73,7 @@ def assert_quiet(vectors: list[EventFd], but: int | None = None) -> None:
 # --------------------------------------------------------------------------- shape
 
 
-def test_irq_info_has_one_vector_per_platform_irq(gpio_msix_server: ServerProcess) -> None:
+def test_irq_info_has_one_vector_per_platform_irq(gpio_msix_server: ProcessServer) -> None:
     client = gpio_msix_server.connect()
     info = client.irq_info(MSIX)
     assert info.count == VECTORS
@@ -97,7 +82,7 @@ def test_irq_info_has_one_vector_per_platform_irq(gpio_msix_server: ServerProces
     assert client.irq_info(vfio_abi.PCI_MSI_IRQ_INDEX).count == 0
 
 
-def test_config_space_has_an_msix_capability(gpio_msix_server: ServerProcess) -> None:
+def test_config_space_has_an_msix_capability(gpio_msix_server: ProcessServer) -> None:
     client = gpio_msix_server.connect()
     assert config_read(client, 0x06, 2) & 0x0010, "STATUS.CAP_LIST"
     assert config_read(client, 0x34, 1) == MSIX_CAP_OFFSET
@@ -112,14 +97,14 @@ def test_config_space_has_an_msix_capability(gpio_msix_server: ServerProcess) ->
     assert page(client, irq_page.IRQ_LINES) == VECTORS
 
 
-def test_intx_mode_has_no_msix(server_factory: Callable[..., ServerProcess]) -> None:
-    client = server_factory(device="gpio").connect()
+def test_intx_mode_has_no_msix(vfu_server: Callable[..., ProcessServer]) -> None:
+    client = vfu_server("gpio").connect()
     assert client.irq_info(MSIX).count == 0
     assert config_read(client, 0x34, 1) == 0
     assert not config_read(client, 0x06, 2) & 0x0010
 
 
-def test_msix_table_powers_on_masked_and_is_readable(gpio_msix_server: ServerProcess) -> None:
+def test_msix_table_powers_on_masked_and_is_readable(gpio_msix_server: ProcessServer) -> None:
     client = gpio_msix_server.connect()
     for vector in range(VECTORS):
         entry = client.region_read(IRQ_BAR, msix.ENTRY_SIZE * vector, msix.ENTRY_SIZE)
@@ -172,32 +157,32 @@ def test_simultaneous_level_lines_are_injected_one_at_a_time(msix_client) -> Non
     assert_quiet(vectors)
 
 
-def test_vector_installed_after_the_fire_gets_it(gpio_msix_server: ServerProcess, eventfds) -> None:
+def test_vector_installed_after_the_fire_gets_it(gpio_msix_server: ProcessServer, vfu_eventfds) -> None:
     client = gpio_msix_server.connect()
     client.set_irqs(MSIX, TRIGGER_EVENTFD, 0, 1)  # MSI-X on, no vectors yet
     raise_line(client, 1)
     client.sync()
     wait_until(lambda: pba(client) == 0b10, what="line 1 pending in the PBA")
-    (vector,) = eventfds(1)
+    (vector,) = vfu_eventfds(1)
     client.set_irqs(MSIX, TRIGGER_EVENTFD, 1, 1, [vector.fd])  # QEMU: the guest unmasked vector 1
     vector.expect_one(what="held vector 1")
     assert pba(client) == 0
 
 
-def test_replaced_vector_fd_gets_later_signals(msix_client, eventfds) -> None:
+def test_replaced_vector_fd_gets_later_signals(msix_client, vfu_eventfds) -> None:
     client, vectors = msix_client
-    (replacement,) = eventfds(1)
+    (replacement,) = vfu_eventfds(1)
     client.set_irqs(MSIX, TRIGGER_EVENTFD, 2, 1, [replacement.fd])
     raise_line(client, 2)
     replacement.expect_one()
     vectors[2].expect_none(what="signal on the replaced fd")
 
 
-def test_msix_disable_returns_to_intx(msix_client, eventfds) -> None:
+def test_msix_disable_returns_to_intx(msix_client, vfu_eventfds) -> None:
     client, vectors = msix_client
     client.set_irqs(MSIX, TRIGGER_NONE, 0, 0)
     assert page(client, irq_page.IRQ_ROUTE) == 0
-    (intx,) = eventfds(1)
+    (intx,) = vfu_eventfds(1)
     client.set_irqs(vfio_abi.PCI_INTX_IRQ_INDEX, TRIGGER_EVENTFD, 0, 1, [intx.fd])
     raise_line(client, 0)
     intx.expect_one(what="INTx after MSI-X was disabled")
@@ -208,10 +193,10 @@ def test_msix_disable_returns_to_intx(msix_client, eventfds) -> None:
 
 
 @pytest.fixture
-def no_ack_client(server_factory: Callable[..., ServerProcess], tmp_path, eventfds) -> tuple[VfioUserClient, list[EventFd]]:
+def no_ack_client(vfu_server: Callable[..., ProcessServer], tmp_path, vfu_eventfds) -> tuple[VfioUserClient, list[EventFd]]:
     config = write_config(tmp_path, '[device]\nmodel = "gpio"\n[bridge]\nirq_mode = "msix"\nuse_model_acks = false\n')
-    client = server_factory(device="gpio", config=config).connect()
-    vectors = eventfds(VECTORS)
+    client = vfu_server("gpio", config=config).connect()
+    vectors = vfu_eventfds(VECTORS)
     enable_msix(client, vectors)
     return client, vectors
 
@@ -328,9 +313,9 @@ def test_masking_one_vector_does_not_hold_others(msix_client) -> None:
     assert pba(client) == 1
 
 
-def test_pba_is_zero_in_intx_route(gpio_msix_server: ServerProcess, eventfds) -> None:
+def test_pba_is_zero_in_intx_route(gpio_msix_server: ProcessServer, vfu_eventfds) -> None:
     client = gpio_msix_server.connect()
-    (intx,) = eventfds(1)
+    (intx,) = vfu_eventfds(1)
     client.set_irqs(vfio_abi.PCI_INTX_IRQ_INDEX, TRIGGER_EVENTFD, 0, 1, [intx.fd])
     client.write32(0, gpio.REG_RAISE, 0b11)
     intx.expect_one()

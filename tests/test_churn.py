@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from server_fixtures import ARRIVE, Resources, ServerProcess, server_factory  # noqa: F401  (fixture)
+from vfu_platform.testing import ARRIVE, Resources, ProcessServer
 from vfu_platform.backends.sim import edu
 from vfu_platform.client import make_eventfd
 from vfu_platform.protocol.constants import Command
@@ -36,8 +36,8 @@ def with_one_client(baseline: Resources) -> Resources:
     return Resources(tuple(sorted(baseline.fds + ("socket",))), baseline.memfd_maps, baseline.threads)
 
 
-def test_thousand_abrupt_clients_leave_nothing_behind(server_factory) -> None:
-    server: ServerProcess = server_factory(device="edu")
+def test_thousand_abrupt_clients_leave_nothing_behind(vfu_server) -> None:
+    server: ProcessServer = vfu_server("edu")
     baseline = server.idle_baseline()
     attached = with_one_client(baseline)
     rss: dict[int, int] = {}

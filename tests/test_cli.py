@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import PYTHON, REPO, ServerProcess, start_server, write_config
-from server_fixtures import server_factory  # noqa: F401  (fixture)
+from conftest import REPO
+from vfu_platform.testing import PYTHON, ProcessServer, serve_in_subprocess, write_config
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -54,8 +54,8 @@ def serve(socket_path: Path | str, *args: str) -> subprocess.CompletedProcess[st
 # --------------------------------------------------------------------------- the socket path
 
 
-def test_busy_socket_path(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="edu")
+def test_busy_socket_path(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("edu")
     result = serve(server.socket_path)
     assert_one_line_error(result, "busy")
     with server.connect() as client:  # the live server was not disturbed
@@ -217,7 +217,7 @@ def test_bad_config_is_reported_before_anything_is_created(tmp_path: Path) -> No
 
 
 def test_socket_is_created_mode_0600(tmp_path: Path) -> None:
-    server = start_server(tmp_path, device="edu")
+    server = serve_in_subprocess(directory=tmp_path, model="edu")
     try:
         mode = os.lstat(server.socket_path).st_mode
         assert stat.S_ISSOCK(mode)
@@ -229,7 +229,7 @@ def test_socket_is_created_mode_0600(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("with_client", [False, True], ids=["idle", "client-connected"])
 def test_signal_stops_cleanly(tmp_path: Path, signum: int, with_client: bool) -> None:
-    server = start_server(tmp_path, device="gpio")
+    server = serve_in_subprocess(directory=tmp_path, model="gpio")
     client = server.connect() if with_client else None
     if client is not None:
         client.write32(0, 0x08, 1)
@@ -245,9 +245,9 @@ def test_signal_stops_cleanly(tmp_path: Path, signum: int, with_client: bool) ->
 
 
 def test_a_new_server_can_use_the_path_after_a_clean_stop(tmp_path: Path) -> None:
-    first = start_server(tmp_path, device="edu")
+    first = serve_in_subprocess(directory=tmp_path, model="edu")
     assert first.stop(signal.SIGTERM) == 0
-    second = start_server(tmp_path, device="gpio")
+    second = serve_in_subprocess(directory=tmp_path, model="gpio")
     try:
         with second.connect() as client:
             assert client.read32(0, 0) == 0x47504F31
@@ -265,7 +265,7 @@ def test_models_lists_the_builtin_models() -> None:
 
 
 def test_serve_announces_itself_on_stderr(tmp_path: Path) -> None:
-    server = start_server(tmp_path, device="gpio")
+    server = serve_in_subprocess(directory=tmp_path, model="gpio")
     try:
         assert server.stderr().splitlines() == [f"vfu-platform: serving gpio on {server.socket_path}"]
     finally:
@@ -273,7 +273,7 @@ def test_serve_announces_itself_on_stderr(tmp_path: Path) -> None:
 
 
 def test_verbose_logs_client_lifecycle(tmp_path: Path) -> None:
-    server = start_server(tmp_path, device="edu", extra=["-v"])
+    server = serve_in_subprocess(directory=tmp_path, model="edu", extra=["-v"])
     try:
         with server.connect() as client:
             client.sync()
@@ -345,7 +345,7 @@ def test_inspect_table_shows_regions_irqs_and_the_bridge_plan(capsys: pytest.Cap
 def test_signal_while_the_server_waits_for_a_dma_reply(tmp_path: Path) -> None:
     """The server is inside a nested wait for the client's DMA_READ reply: a SIGTERM must
     still stop it at once (not after the 5 s DMA timeout), cleanly."""
-    server = start_server(tmp_path, device="edu")
+    server = serve_in_subprocess(directory=tmp_path, model="edu")
     client = server.connect()
     client.dma_map(0x10_0000, 0x1000)  # no fd: the device's DMA becomes DMA_READ requests
     client.region_write(7, 0x04, (0x0006).to_bytes(2, "little"))  # memory + bus master

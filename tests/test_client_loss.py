@@ -19,19 +19,8 @@ from collections.abc import Callable
 
 import pytest
 
-from server_fixtures import (
-    ARRIVE,
-    NO_IRQ,
-    PYTHON,
-    REPO,
-    Resources,
-    ServerProcess,
-    install_intx,
-    intx_status,
-    intx_unmask,
-    irq_reg,
-)
-from server_fixtures import eventfds, memfds, server_factory  # noqa: F401  (fixtures)
+from conftest import REPO
+from vfu_platform.testing import ARRIVE, NO_IRQ, PYTHON, Resources, ProcessServer, install_intx, intx_status, intx_unmask, irq_reg
 from vfu_platform.backends.sim import edu, gpio
 from vfu_platform.bridge import irq_page
 from vfu_platform.client import VfioUserClient
@@ -141,7 +130,7 @@ sys.exit(2)
 
 
 class DyingClient:
-    def __init__(self, server: ServerProcess, scenario: str) -> None:
+    def __init__(self, server: ProcessServer, scenario: str) -> None:
         self.proc = subprocess.Popen(
             [PYTHON, "-c", DRIVER, server.socket_path, scenario],
             stdout=subprocess.PIPE,
@@ -164,7 +153,7 @@ class DyingClient:
         self.proc.stderr.close()
 
 
-def assert_back_to(server: ServerProcess, baseline: Resources) -> None:
+def assert_back_to(server: ProcessServer, baseline: Resources) -> None:
     now = server.wait_resources(baseline)
     extra = sorted(set(now.fds) - set(baseline.fds)) if now.fds != baseline.fds else []
     assert now == baseline, (
@@ -216,16 +205,16 @@ SCENARIOS = [
 
 @pytest.mark.parametrize(("scenario", "model", "irq_mode", "stateful"), SCENARIOS,
                          ids=[f"{s}-{m}" for s, m, _i, _st in SCENARIOS])
-def test_client_killed_leaves_nothing_behind(server_factory: Callable[..., ServerProcess], scenario: str,
+def test_client_killed_leaves_nothing_behind(vfu_server: Callable[..., ProcessServer], scenario: str,
                                              model: str, irq_mode: str | None, stateful: bool) -> None:
-    server = server_factory(device=model, irq_mode=irq_mode)
+    server = vfu_server(model, irq_mode=irq_mode)
     baseline = server.idle_baseline()
     assert baseline.threads == 1
     dying = DyingClient(server, scenario)
     # While it lives, the client holds something in the server: at least its socket, and
     # the memfd windows it mapped or the eventfds it sent.
     def holds_what_it_should(during: Resources) -> bool:
-        if during.fds.count("socket") != 2:
+        if during.fds.count("socket") != baseline.fds.count("socket") + 1:
             return False
         if scenario == "dma-mapped":
             return len(during.memfd_maps) == len(baseline.memfd_maps) + 2
@@ -249,14 +238,14 @@ def test_client_killed_leaves_nothing_behind(server_factory: Callable[..., Serve
     assert_back_to(server, baseline)
 
 
-def test_still_asserted_lines_reach_the_next_client(server_factory: Callable[..., ServerProcess], eventfds) -> None:
+def test_still_asserted_lines_reach_the_next_client(vfu_server: Callable[..., ProcessServer], vfu_eventfds) -> None:
     """Device state is kept: lines the dead client left asserted fire again, in order."""
-    server = server_factory(device="gpio")
+    server = vfu_server("gpio")
     DyingClient(server, "irq-active-pending").kill()
     client = server.connect()
     assert_irq_state_cleared(client, "gpio")
     assert client.read32(0, gpio.REG_STATUS) == 0b111
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     for line in range(3):
         trigger.expect_one(what=f"line {line} for the new client")
@@ -266,22 +255,22 @@ def test_still_asserted_lines_reach_the_next_client(server_factory: Callable[...
     trigger.expect_none()
 
 
-def test_dma_interrupted_by_client_death_completes_for_the_next_client(server_factory: Callable[..., ServerProcess],
-                                                                       eventfds) -> None:
-    server = server_factory(device="edu")
+def test_dma_interrupted_by_client_death_completes_for_the_next_client(vfu_server: Callable[..., ProcessServer],
+                                                                       vfu_eventfds) -> None:
+    server = vfu_server("edu")
     DyingClient(server, "dma-read-wait").kill()
     client = server.connect()
     # The transfer failed (its client is gone) but completed: the command bit is clear
     # and the requested completion interrupt is raised, waiting for the next client.
     assert client.read64(0, edu.REG_DMA_CMD) & edu.DMA_CMD_RUN == 0
     assert client.read32(0, edu.REG_IRQ_STATUS) == edu.DMA_IRQ
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     trigger.expect_one(what="the DMA completion IRQ")
 
 
-def test_server_keeps_serving_after_many_deaths(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="edu")
+def test_server_keeps_serving_after_many_deaths(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("edu")
     baseline = server.idle_baseline()
     for scenario in ("irqs-wired", "dma-mapped", "mid-negotiation"):
         DyingClient(server, scenario).kill()
@@ -314,8 +303,8 @@ def _expect_busy_refusal(sock: socket.socket, msg_id_sent: int = 0) -> None:
     assert rest == b"", "then EOF"
 
 
-def test_second_client_gets_busy_and_the_first_keeps_working(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="gpio")
+def test_second_client_gets_busy_and_the_first_keeps_working(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("gpio")
     baseline = server.idle_baseline()
     first = server.connect()
     first.write32(0, gpio.REG_SCRATCH, 1)
@@ -332,8 +321,8 @@ def test_second_client_gets_busy_and_the_first_keeps_working(server_factory: Cal
     assert_back_to(server, baseline)
 
 
-def test_second_client_that_sends_a_message_is_still_refused(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="edu")
+def test_second_client_that_sends_a_message_is_still_refused(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("edu")
     first = server.connect()
     second = server.raw_socket()
     try:
@@ -345,9 +334,9 @@ def test_second_client_that_sends_a_message_is_still_refused(server_factory: Cal
     assert first.read32(0, 0) == edu.IDENTIFICATION
 
 
-def test_reconnect_right_after_close_is_accepted(server_factory: Callable[..., ServerProcess]) -> None:
+def test_reconnect_right_after_close_is_accepted(vfu_server: Callable[..., ProcessServer]) -> None:
     """A client that closes and reconnects at once must not be taken for a second client."""
-    server = server_factory(device="edu")
+    server = vfu_server("edu")
     for value in range(5):
         client = server.connect()
         if value:
@@ -357,11 +346,11 @@ def test_reconnect_right_after_close_is_accepted(server_factory: Callable[..., S
     server.clients.clear()
 
 
-def test_client_closing_its_socket_cleanly(server_factory: Callable[..., ServerProcess], memfds) -> None:
-    server = server_factory(device="edu")
+def test_client_closing_its_socket_cleanly(vfu_server: Callable[..., ProcessServer], vfu_memfds) -> None:
+    server = vfu_server("edu")
     baseline = server.idle_baseline()
     client = server.connect()
-    window = memfds(0x2000)
+    window = vfu_memfds(0x2000)
     client.dma_map(0x100000, 0x2000, fd=window.fd)
     client.channel.sock.shutdown(socket.SHUT_WR)  # EOF, while still able to read
     assert client.channel.sock.recv(16) == b""
@@ -380,15 +369,15 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def test_dropped_client_that_keeps_signalling_its_resamplefd(server_factory: Callable[..., ServerProcess],
-                                                            eventfds) -> None:
+def test_dropped_client_that_keeps_signalling_its_resamplefd(vfu_server: Callable[..., ProcessServer],
+                                                            vfu_eventfds) -> None:
     """The server drops a client that is still alive (a framing error); the client's
     side (KVM, in QEMU) keeps writing the resample eventfd.  The server must have stopped
     watching it: no stale epoll registration, no busy loop, nothing held."""
-    server = server_factory(device="edu")
+    server = vfu_server("edu")
     baseline = server.idle_baseline()
     client = server.connect()
-    trigger, resample = eventfds(2)
+    trigger, resample = vfu_eventfds(2)
     install_intx(client, trigger)
     client.set_irqs(0, 0x14, 0, 1, [resample.fd])  # UNMASK|EVENTFD: the resamplefd
     client.send_raw(b"\x07\x00\x01\x00\x08\x00\x00\x00" + bytes(8))  # msg_size 8 < 16: fatal
@@ -406,16 +395,16 @@ def test_dropped_client_that_keeps_signalling_its_resamplefd(server_factory: Cal
     server.clients.clear()
 
 
-def test_msix_function_mask_left_by_a_dead_client_still_holds(server_factory: Callable[..., ServerProcess],
-                                                               eventfds) -> None:
+def test_msix_function_mask_left_by_a_dead_client_still_holds(vfu_server: Callable[..., ProcessServer],
+                                                               vfu_eventfds) -> None:
     """Config space is device state and survives the client; what it says must hold."""
-    server = server_factory(device="gpio", irq_mode="msix")
+    server = vfu_server("gpio", irq_mode="msix")
     with server.connect() as first:
         first.region_write(7, 0x42, (0xC000).to_bytes(2, "little"))  # MSI-X enable + function mask
     server.clients.clear()
     client = server.connect()
     assert int.from_bytes(client.region_read(7, 0x42, 2), "little") & 0xC000 == 0xC000
-    vectors = eventfds(5)
+    vectors = vfu_eventfds(5)
     client.set_irqs(2, 0x24, 0, 5, [v.fd for v in vectors])
     client.write32(0, gpio.line_register(0, gpio.LINE_RAISE), 1)
     vectors[0].expect_none(what="a vector while the function mask (kept in config) is set")
@@ -423,14 +412,14 @@ def test_msix_function_mask_left_by_a_dead_client_still_holds(server_factory: Ca
     vectors[0].expect_one(what="vector 0 after the function unmask")
 
 
-def test_intx_disable_left_by_a_dead_client_still_holds(server_factory: Callable[..., ServerProcess],
-                                                        eventfds) -> None:
-    server = server_factory(device="edu")
+def test_intx_disable_left_by_a_dead_client_still_holds(vfu_server: Callable[..., ProcessServer],
+                                                        vfu_eventfds) -> None:
+    server = vfu_server("edu")
     with server.connect() as first:
         first.region_write(7, 0x04, (0x0400).to_bytes(2, "little"))
     server.clients.clear()
     client = server.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.write32(0, edu.REG_IRQ_RAISE, 1)
     trigger.expect_none(what="INTx while COMMAND.INTX_DISABLE (kept in config) is set")

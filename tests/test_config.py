@@ -12,7 +12,8 @@ import pytest
 from vfu_platform import config as config_module
 from vfu_platform.backends.base import AckRegister
 from vfu_platform.bridge.config_space import PciIds
-from vfu_platform.cli import MODEL_IDS, bridge_options, build_parser
+from vfu_platform.backends.sim.identity import DEFAULT_IDENTITY
+from vfu_platform.cli import bridge_options, build_parser
 from vfu_platform.config import Config, ConfigError, load_config
 
 
@@ -169,11 +170,13 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
 
 def test_bridge_options_default_to_the_model_identity(tmp_path: Path) -> None:
     options = bridge_options(serve_args(), Config(), "gpio")
-    assert options.ids == MODEL_IDS["gpio"]
+    assert options.ids == PciIds(vendor=0x1234, device=0x5650, class_code=0x088000)  # GpioDevice.pci_*
     assert options.irq_mode == "intx"
     assert options.use_model_acks is True
     assert options.ack_registers == ()
-    assert bridge_options(serve_args(), Config(), "mypkg.mod:Dev").ids == PciIds()
+    unknown = bridge_options(serve_args(), Config(), "mypkg.mod:Dev").ids  # not edu's: the reserved default
+    assert (unknown.vendor, unknown.device, unknown.class_code) == (
+        DEFAULT_IDENTITY.vendor, DEFAULT_IDENTITY.device, DEFAULT_IDENTITY.class_code)
 
 
 def test_bridge_options_override_single_ids(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fake_host import EDGE, LEVEL, FakeHostBackend, VfioPciIrqs, serve_in_thread
-from server_fixtures import ServerProcess, server_factory  # noqa: F401  (fixture)
+from vfu_platform.testing import ProcessServer
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import BackendError
 from vfu_platform.backends.sim.edu import EduDevice
@@ -31,7 +31,6 @@ from vfu_platform.bridge.device import BridgeOptions, PciBridge
 from vfu_platform.bridge.pci_passthrough import PciPassthrough
 from vfu_platform.client import VfioUserClient, VfioUserError, make_eventfd
 from vfu_platform.protocol import messages as m
-from vfu_platform.protocol.codec import encode
 from vfu_platform.protocol.constants import HEADER_SIZE, Command, MsgFlags
 from vfu_platform.protocol.header import HEADER
 
@@ -59,8 +58,8 @@ def error_of(client: VfioUserClient, data: bytes, msg_id: int) -> int:
     (Command.REGION_READ, m.RegionAccess(0, 0, 4).pack()),  # not taken by the REGION_READ fast path
     (Command.DMA_READ, m.DmaAccess(0, 4).pack()),  # a reply to a DMA request the server never sent
 ], ids=["set-irqs-header-only", "device-reset", "get-info", "region-read", "dma-read"])
-def test_unsolicited_reply_gets_einval_and_the_session_goes_on(server_factory, command: int, payload: bytes) -> None:
-    server: ServerProcess = server_factory(device="edu")
+def test_unsolicited_reply_gets_einval_and_the_session_goes_on(vfu_server, command: int, payload: bytes) -> None:
+    server: ProcessServer = vfu_server("edu")
     client = server.connect()
     data = HEADER.pack(0xBAD2, command, HEADER_SIZE + len(payload), REPLY, 0) + payload
     assert error_of(client, data, 0xBAD2) == errno.EINVAL
@@ -70,8 +69,8 @@ def test_unsolicited_reply_gets_einval_and_the_session_goes_on(server_factory, c
     assert server.alive() and "Traceback" not in server.stderr()
 
 
-def test_error_flagged_unsolicited_reply_gets_einval(server_factory) -> None:
-    server: ServerProcess = server_factory(device="edu")
+def test_error_flagged_unsolicited_reply_gets_einval(vfu_server) -> None:
+    server: ProcessServer = vfu_server("edu")
     client = server.connect()
     data = HEADER.pack(77, Command.DEVICE_RESET, HEADER_SIZE, REPLY | MsgFlags.ERROR, errno.EIO)
     assert error_of(client, data, 77) == errno.EINVAL

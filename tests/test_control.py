@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import PYTHON, REPO, ServerProcess, start_server
-from server_fixtures import server_factory  # noqa: F401  (fixtures)
+from conftest import REPO
+from vfu_platform.testing import PYTHON, ProcessServer, serve_in_subprocess
 from vfu_platform.backends.base import DeviceBackend, route_control
 from vfu_platform.backends.sim.edu import EduDevice
 from vfu_platform.backends.sim.pl031 import Pl031Device
@@ -66,15 +66,15 @@ class Line:
 
 
 @pytest.fixture
-def gpio_served(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> tuple[ServerProcess, str]:
+def gpio_served(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> tuple[ProcessServer, str]:
     path = str(tmp_path / "ctl.sock")
-    return server_factory(device="pl061", extra=["--control", path]), path
+    return vfu_server("pl061", extra=["--control", path]), path
 
 
 # ---- the CLI ------------------------------------------------------------------
 
 
-def test_cli_control_prints_the_reply_and_sets_the_exit_status(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_cli_control_prints_the_reply_and_sets_the_exit_status(gpio_served: tuple[ProcessServer, str]) -> None:
     _, path = gpio_served
     ok = run_cli("control", "--control", path, "gpio", "set", "3", "1")
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok pins=0x08\n", "")
@@ -84,7 +84,7 @@ def test_cli_control_prints_the_reply_and_sets_the_exit_status(gpio_served: tupl
     assert bad.returncode == 1 and bad.stdout.startswith("error: pl061: no line '99'")
 
 
-def test_cli_control_errors(tmp_path: Path, gpio_served: tuple[ServerProcess, str]) -> None:
+def test_cli_control_errors(tmp_path: Path, gpio_served: tuple[ProcessServer, str]) -> None:
     _, path = gpio_served
     none = run_cli("control", "--control", path)
     assert none.returncode == 2 and "no command" in none.stderr
@@ -93,7 +93,7 @@ def test_cli_control_errors(tmp_path: Path, gpio_served: tuple[ServerProcess, st
     assert "Traceback" not in missing.stderr
 
 
-def test_control_socket_is_private_and_removed_on_shutdown(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_control_socket_is_private_and_removed_on_shutdown(gpio_served: tuple[ProcessServer, str]) -> None:
     server, path = gpio_served
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
@@ -103,7 +103,7 @@ def test_control_socket_is_private_and_removed_on_shutdown(gpio_served: tuple[Se
 
 
 def test_serve_refuses_a_busy_control_path_and_the_vfio_socket_path(
-    gpio_served: tuple[ServerProcess, str], tmp_path: Path
+    gpio_served: tuple[ProcessServer, str], tmp_path: Path
 ) -> None:
     _, busy = gpio_served
     other = str(tmp_path / "other.sock")
@@ -114,16 +114,16 @@ def test_serve_refuses_a_busy_control_path_and_the_vfio_socket_path(
     assert not os.path.exists(other)
 
 
-def test_device_without_control_commands(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_device_without_control_commands(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     path = str(tmp_path / "edu.ctl")
-    server_factory(device="edu", extra=["--control", path])
+    vfu_server("edu", extra=["--control", path])
     assert request(path, ["get"]) == "error: this device has no control commands"
 
 
 # ---- the protocol ---------------------------------------------------------------
 
 
-def test_several_lines_on_one_connection_and_bad_input(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_several_lines_on_one_connection_and_bad_input(gpio_served: tuple[ProcessServer, str]) -> None:
     server, path = gpio_served
     conn = Line(path)
     try:
@@ -144,7 +144,7 @@ def test_several_lines_on_one_connection_and_bad_input(gpio_served: tuple[Server
         assert client.region_read(0, 0x3FC, 1) == b"\x06"
 
 
-def test_an_overlong_line_is_refused_and_its_connection_closed(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_an_overlong_line_is_refused_and_its_connection_closed(gpio_served: tuple[ProcessServer, str]) -> None:
     _, path = gpio_served
     conn = Line(path)
     try:
@@ -156,7 +156,7 @@ def test_an_overlong_line_is_refused_and_its_connection_closed(gpio_served: tupl
     assert request(path, ["gpio", "get", "0"]) == "ok 0 in"
 
 
-def test_a_last_line_without_newline_is_answered(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_a_last_line_without_newline_is_answered(gpio_served: tuple[ProcessServer, str]) -> None:
     _, path = gpio_served
     conn = Line(path)
     try:
@@ -167,7 +167,7 @@ def test_a_last_line_without_newline_is_answered(gpio_served: tuple[ServerProces
         conn.close()
 
 
-def test_too_many_clients_at_once(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_too_many_clients_at_once(gpio_served: tuple[ProcessServer, str]) -> None:
     _, path = gpio_served
     held = [Line(path) for _ in range(control_mod.MAX_CLIENTS)]
     try:
@@ -193,7 +193,7 @@ def test_too_many_clients_at_once(gpio_served: tuple[ServerProcess, str]) -> Non
             time.sleep(0.02)
 
 
-def test_many_clients_one_after_another_leak_no_fds(gpio_served: tuple[ServerProcess, str]) -> None:
+def test_many_clients_one_after_another_leak_no_fds(gpio_served: tuple[ProcessServer, str]) -> None:
     server, path = gpio_served
     assert request(path, ["gpio", "get"]).startswith("ok")
     baseline = server.idle_baseline()
@@ -218,9 +218,9 @@ def test_many_clients_one_after_another_leak_no_fds(gpio_served: tuple[ServerPro
     assert server.alive() and "Traceback" not in server.stderr()
 
 
-def test_rtc_through_the_cli(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_rtc_through_the_cli(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> None:
     path = str(tmp_path / "rtc.ctl")
-    server = server_factory(device="pl031", extra=["--control", path])
+    server = vfu_server("pl031", extra=["--control", path])
     assert run_cli("control", "--control", path, "rtc", "set", "1700000000").stdout == "ok 1700000000\n"
     got = run_cli("control", "--control", path, "rtc", "get")
     assert got.returncode == 0 and int(got.stdout.split()[1]) in (1_700_000_000, 1_700_000_001)
@@ -360,7 +360,7 @@ def test_request_reports_a_server_that_closes_without_answering(tmp_path: Path) 
 
 
 def test_start_server_helper_still_works_without_control(tmp_path: Path) -> None:
-    server = start_server(tmp_path, device="pl061", name="plain.sock")
+    server = serve_in_subprocess(directory=tmp_path, model="pl061", name="plain.sock")
     try:
         with server.connect() as client:
             assert client.region_read(0, 0xFE0, 1) == b"\x61"

@@ -14,18 +14,8 @@ from pathlib import Path
 import pytest
 
 import guest_models
-from server_fixtures import (
-    NO_IRQ,
-    PYTHON,
-    REPO,
-    ServerProcess,
-    config_read,
-    install_intx,
-    intx_unmask,
-    wait_until,
-    write_config,
-)
-from server_fixtures import eventfds, server_factory  # noqa: F401  (fixtures)
+from conftest import REPO
+from vfu_platform.testing import NO_IRQ, PYTHON, ProcessServer, config_read, install_intx, intx_unmask, wait_until, write_config
 from test_bridge_descriptor import find_descriptor
 from test_bridge_msix import enable_msix
 from test_cli import assert_one_line_error, serve
@@ -146,8 +136,8 @@ def page(client: VfioUserClient, register: int) -> int:
     return client.read32(IRQ_BAR, register)
 
 
-def test_edu_gpio_group_shares_intx_in_fifo_order(server_factory, eventfds) -> None:
-    server: ServerProcess = server_factory(device="edu,gpio", extra=["-o", "gpio.lines=3"])
+def test_edu_gpio_group_shares_intx_in_fifo_order(vfu_server, vfu_eventfds) -> None:
+    server: ProcessServer = vfu_server("edu,gpio", extra=["-o", "gpio.lines=3"])
     assert "serving edu,gpio" in server.stderr()
     client = server.connect()
     assert (config_read(client, 0, 2), config_read(client, 2, 2)) == (0x1234, 0x5646)
@@ -156,7 +146,7 @@ def test_edu_gpio_group_shares_intx_in_fifo_order(server_factory, eventfds) -> N
     assert client.read32(GPIO_BAR, gpio.REG_NLINES) == 3
     assert client.region_info(SRAM_BAR)[0].flags & vfio_abi.REGION_FLAG_MMAP
     assert page(client, irq_page.IRQ_LINES) == 1 + 3 + 1
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
 
     client.write32(GPIO_BAR, gpio.line_register(1, gpio.LINE_RAISE), 1)  # group line 2
@@ -175,10 +165,10 @@ def test_edu_gpio_group_shares_intx_in_fifo_order(server_factory, eventfds) -> N
     assert page(client, irq_page.IRQ_EOIS) == 2
 
 
-def test_group_in_msix_mode_gives_each_irq_its_vector(server_factory, eventfds) -> None:
-    server = server_factory(device="edu,gpio", irq_mode="msix")
+def test_group_in_msix_mode_gives_each_irq_its_vector(vfu_server, vfu_eventfds) -> None:
+    server = vfu_server("edu,gpio", irq_mode="msix")
     client = server.connect()
-    vectors = eventfds(1 + 4 + 1)
+    vectors = vfu_eventfds(1 + 4 + 1)
     enable_msix(client, vectors)
     client.write32(EDU_BAR, edu.REG_IRQ_RAISE, 1)
     vectors[0].expect_one(what="edu's vector")
@@ -197,7 +187,7 @@ def test_group_from_the_config_file(tmp_path: Path) -> None:
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen([PYTHON, "-m", "vfu_platform", "serve", "--socket", socket_path, "--config", config],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd=str(REPO))
-    server = ServerProcess(proc, socket_path, stderr_path)
+    server = ProcessServer(proc, socket_path, stderr_path)
     try:
         wait_until(lambda: "serving" in server.stderr() or proc.poll() is not None, what="server start")
         assert "serving gpio,edu,gpio" in server.stderr(), server.stderr()
@@ -221,8 +211,8 @@ def test_group_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(serve(tmp_path / "d.sock", "--device", many), "BAR slots")
 
 
-def test_pl031_pl061_group_serves_the_spec_example(server_factory) -> None:
-    server = server_factory(device="pl031,pl061", irq_mode="intx")
+def test_pl031_pl061_group_serves_the_spec_example(vfu_server) -> None:
+    server = vfu_server("pl031,pl061", irq_mode="intx")
     client = server.connect()
     cap, raw = find_descriptor(client)
     assert (cap.bar, cap.offset, cap.length) == (2, 0x1000, len(EXAMPLE))

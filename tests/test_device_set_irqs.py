@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import ServerProcess, assert_serving, expect_error, expect_no_reply_to, launch_server, raw_request
+from conftest import ProcessServer, assert_serving, expect_error, expect_no_reply_to, launch_server, raw_request
 from vfu_platform.client import VfioUserClient, eventfd_count, make_eventfd, wait_eventfd
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.constants import Command
@@ -194,14 +194,14 @@ def test_wiring_is_dropped_with_the_client(server, edu, eventfds):
 
 # ---------------------------------------------------------------- MSI-X (gpio in msix mode: 5 vectors)
 @pytest.fixture(scope="module")
-def msix_server() -> Iterator[ServerProcess]:
+def msix_server() -> Iterator[ProcessServer]:
     proc = launch_server("gpio", ["--irq-mode", "msix"])
     yield proc
     proc.stop()
 
 
 @pytest.fixture
-def msix(msix_server: ServerProcess) -> Iterator[VfioUserClient]:
+def msix(msix_server: ProcessServer) -> Iterator[VfioUserClient]:
     msix_server.wait_idle()
     with msix_server.connect() as client:
         yield client

@@ -81,7 +81,6 @@ def next_server_request(client: VfioUserClient, timeout: float = 3.0) -> Frame:
         client.channel.receive()
     header, body, fds = frame
     data = bytes(body) if body is not None else b""
-    client.channel.buffer.release()
     return Frame(header, memoryview(data), fds)
 
 

@@ -286,31 +286,51 @@ def test_read_only_window_is_mapped_read_only(table: DmaMapTable, memfd) -> None
         window.mapping[0:1] = b"x"  # the server's own mapping refuses writes too
 
 
-def test_windows_without_fd_go_through_the_remote_callbacks(table: DmaMapTable) -> None:
+def test_windows_without_fd_go_through_the_remote_continuations(table: DmaMapTable) -> None:
     memory = bytearray(PAGE)
     calls: list[tuple[str, int, int]] = []
+    answers: list[Callable[[], None]] = []  # the client answers later, not inside the call
 
-    def remote_read(iova: int, size: int) -> bytes:
+    def remote_read(iova: int, size: int, done: Callable[[bytes | DmaError], None]) -> None:
         calls.append(("read", iova, size))
-        return bytes(memory[iova - 0x8000 : iova - 0x8000 + size])
+        answers.append(lambda: done(bytes(memory[iova - 0x8000 : iova - 0x8000 + size])))
 
-    def remote_write(iova: int, data: bytes) -> None:
+    def remote_write(iova: int, data: bytes, done: Callable[[bytes | DmaError], None]) -> None:
         calls.append(("write", iova, len(data)))
         memory[iova - 0x8000 : iova - 0x8000 + len(data)] = data
+        answers.append(lambda: done(b""))
 
     table.remote_read, table.remote_write = remote_read, remote_write
     table.map(0x8000, PAGE, RW, 0, None)
-    table.write(0x8010, b"remote")
-    assert table.read(0x8010, 6) == b"remote"
-    assert calls == [("write", 0x8010, 6), ("read", 0x8010, 6)]
+    results: list[bytes | DmaError] = []
+    table.write_then(0x8010, b"remote", results.append)
+    table.read_then(0x8010, 6, results.append)
+    assert results == [] and calls == [("write", 0x8010, 6), ("read", 0x8010, 6)]
+    for answer in answers:
+        answer()
+    assert results == [b"", b"remote"]
 
 
-def test_window_without_fd_and_no_client_is_enodev(table: DmaMapTable) -> None:
+def test_a_window_without_fd_cannot_be_reached_at_once(table: DmaMapTable) -> None:
     table.map(0x8000, PAGE, RW, 0, None)
     for access in (lambda: table.read(0x8000, 1), lambda: table.write(0x8000, b"x")):
         with pytest.raises(DmaError) as error:
             access()
-        assert error.value.errno == errno.ENODEV
+        assert error.value.errno == errno.EWOULDBLOCK
+
+
+def test_window_without_fd_and_no_client_is_enodev(table: DmaMapTable) -> None:
+    table.map(0x8000, PAGE, RW, 0, None)
+    results: list[bytes | DmaError] = []
+    table.read_then(0x8000, 1, results.append)
+    table.write_then(0x8000, b"x", results.append)
+    assert [r.errno for r in results if isinstance(r, DmaError)] == [errno.ENODEV, errno.ENODEV]
+
+
+def test_continuation_errors_outside_windows(table: DmaMapTable, memfd) -> None:
+    results: list[bytes | DmaError] = []
+    table.read_then(0x100000, 4, results.append)
+    assert isinstance(results[0], DmaError) and results[0].errno == errno.EFAULT
 
 
 def test_map_and_unmap_hooks(table: DmaMapTable, memfd) -> None:

@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from server_fixtures import MemfdWindow, ServerProcess, install_intx, intx_unmask, set_command
-from server_fixtures import edu_server, eventfds, memfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import MemfdWindow, ProcessServer, install_intx, intx_unmask, set_command
 from vfu_platform.backends.sim import edu
 from vfu_platform.client import VfioUserClient
 
@@ -56,7 +55,7 @@ def run_dma(client: VfioUserClient, src: int, dst: int, count: int, command: int
 
 
 @pytest.fixture
-def client(edu_server: ServerProcess) -> VfioUserClient:
+def client(edu_server: ProcessServer) -> VfioUserClient:
     return edu_server.connect()
 
 
@@ -84,8 +83,8 @@ def test_factorial(client: VfioUserClient, n: int, expected: int) -> None:
     assert read(client, edu.REG_FACTORIAL) == expected
 
 
-def test_factorial_status_polling(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="edu", extra=["-o", "fact_delay=0.2"])
+def test_factorial_status_polling(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("edu", extra=["-o", "fact_delay=0.2"])
     client = server.connect()
     write(client, edu.REG_FACTORIAL, 6)
     assert read(client, edu.REG_STATUS) & edu.STATUS_COMPUTING
@@ -104,8 +103,8 @@ def test_status_computing_bit_is_read_only(client: VfioUserClient) -> None:
     assert read(client, edu.REG_STATUS) == 0
 
 
-def test_factorial_completion_interrupt(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_factorial_completion_interrupt(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     write(client, edu.REG_STATUS, edu.STATUS_IRQFACT)
     write(client, edu.REG_FACTORIAL, 4)
@@ -118,8 +117,8 @@ def test_factorial_completion_interrupt(client: VfioUserClient, eventfds) -> Non
     trigger.expect_none()
 
 
-def test_factorial_without_irq_bit_raises_nothing(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_factorial_without_irq_bit_raises_nothing(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     write(client, edu.REG_FACTORIAL, 3)
     wait_status_clear(client, edu.STATUS_COMPUTING)
@@ -127,8 +126,8 @@ def test_factorial_without_irq_bit_raises_nothing(client: VfioUserClient, eventf
     assert read(client, edu.REG_IRQ_STATUS) == 0
 
 
-def test_interrupt_raise_status_and_ack(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_interrupt_raise_status_and_ack(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     write(client, edu.REG_IRQ_RAISE, 0x10)
     trigger.expect_one()
@@ -142,8 +141,8 @@ def test_interrupt_raise_status_and_ack(client: VfioUserClient, eventfds) -> Non
     trigger.expect_none()
 
 
-def test_raise_with_zero_is_no_interrupt(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_raise_with_zero_is_no_interrupt(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     write(client, edu.REG_IRQ_RAISE, 0)
     trigger.expect_none()
@@ -192,9 +191,9 @@ def test_dma_registers_take_8_and_4_byte_accesses(client: VfioUserClient) -> Non
 
 
 @pytest.fixture
-def dma_client(client: VfioUserClient, memfds) -> tuple[VfioUserClient, MemfdWindow, MemfdWindow]:
-    source = memfds(0x2000, "edu-src")
-    target = memfds(0x1000, "edu-dst")
+def dma_client(client: VfioUserClient, vfu_memfds) -> tuple[VfioUserClient, MemfdWindow, MemfdWindow]:
+    source = vfu_memfds(0x2000, "edu-src")
+    target = vfu_memfds(0x1000, "edu-dst")
     client.dma_map(0x10_0000, 0x2000, fd=source.fd)
     client.dma_map(0x20_0000, 0x1000, fd=target.fd)
     set_command(client, COMMAND_MEMORY_MASTER)
@@ -211,9 +210,9 @@ def test_dma_ram_to_edu_to_ram(dma_client) -> None:
     assert target.map[:0x800] == bytes(0x800)
 
 
-def test_dma_completion_interrupt(dma_client, eventfds) -> None:
+def test_dma_completion_interrupt(dma_client, vfu_eventfds) -> None:
     client, source, target = dma_client
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     source.map[0:8] = b"edu-dma!"
     write(client, edu.REG_DMA_SRC, 0x10_0000, 8)
@@ -252,9 +251,9 @@ def test_dma_needs_bus_master(dma_client) -> None:
     assert target.map[0:4] == bytes(4), "a DMA without bus mastering must not write client memory"
 
 
-def test_dma_outside_the_buffer_moves_nothing_and_completes(dma_client, eventfds) -> None:
+def test_dma_outside_the_buffer_moves_nothing_and_completes(dma_client, vfu_eventfds) -> None:
     client, source, target = dma_client
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     target.map[0:4] = b"keep"
     run_dma(client, BUFFER + 0xFFE, 0x20_0000, 4, edu.DMA_CMD_TO_RAM | edu.DMA_CMD_IRQ)
@@ -269,9 +268,9 @@ def test_dma_to_unmapped_address_moves_nothing_and_completes(dma_client) -> None
     assert target.map[0xFF8:0x1000] == bytes(8)
 
 
-def test_dma_registers_are_locked_while_running(server_factory: Callable[..., ServerProcess], memfds) -> None:
-    client = server_factory(device="edu", extra=["-o", "dma_delay=0.2"]).connect()
-    window = memfds(0x1000)
+def test_dma_registers_are_locked_while_running(vfu_server: Callable[..., ProcessServer], vfu_memfds) -> None:
+    client = vfu_server("edu", extra=["-o", "dma_delay=0.2"]).connect()
+    window = vfu_memfds(0x1000)
     client.dma_map(0x10_0000, 0x1000, fd=window.fd)
     set_command(client, COMMAND_MEMORY_MASTER)
     window.map[0:4] = b"abcd"
@@ -300,8 +299,8 @@ def test_dma_through_messages_without_fd(client: VfioUserClient) -> None:
     assert client.served_dma_reads >= 1 and client.served_dma_writes >= 1
 
 
-def test_dma_read_only_window_refuses_device_writes(client: VfioUserClient, memfds) -> None:
-    window = memfds(0x1000)
+def test_dma_read_only_window_refuses_device_writes(client: VfioUserClient, vfu_memfds) -> None:
+    window = vfu_memfds(0x1000)
     client.dma_map(0x10_0000, 0x1000, fd=window.fd, writable=False)
     set_command(client, COMMAND_MEMORY_MASTER)
     window.map[0:4] = b"rom!"

@@ -34,7 +34,6 @@ def drain(buf: ReceiveBuffer) -> list[tuple[int, bytes | None, list[int]]]:
     out = []
     while (frame := buf.next_message()) is not None:
         out.append((frame.header.msg_id, None if frame.body is None else bytes(frame.body), frame.fds))
-        buf.release()
     return out
 
 
@@ -52,7 +51,6 @@ def test_one_whole_message():
     assert frame is not None
     assert (frame.header.msg_id, frame.header.command, frame.header.size) == (7, 4, 20)
     assert bytes(frame.body) == b"abcd" and frame.fds == []
-    buf.release()
     assert buf.next_message() is None and buf.buffered == 0
 
 
@@ -217,17 +215,65 @@ def test_size_below_a_header_cannot_be_framed(size):
         buf.next_message()
 
 
-# ---------------------------------------------------------------- buffer ownership
-def test_borrowed_body_survives_compaction():
+# ---------------------------------------------------------------- plain messages (the hot path)
+def test_next_plain_gives_header_fields_and_position_of_any_command():
+    buf = ReceiveBuffer(1024)
+    feed(buf, encode(5, 9, b"abc") + encode(6, 12, b"hello"))
+    first = buf.next_plain()
+    assert first is not None
+    msg_id, command, size, flags, error, index = first
+    assert (msg_id, command, size, flags, error) == (5, 9, 19, 0, 0)
+    assert bytes(buf.data[index + 16 : index + size]) == b"abc"
+    second = buf.next_plain()
+    assert second is not None and second[:3] == (6, 12, 21)
+    assert buf.next_plain() is None and buf.next_message() is None
+
+
+def test_next_plain_leaves_messages_with_fds_to_next_message():
+    buf = ReceiveBuffer(1024)
+    feed(buf, encode(1, 9, b"a"))
+    feed(buf, encode(2, 9, b"b"), fds=[41])
+    assert buf.next_plain() is None  # fds wait: the general path hands them out with their message
+    assert drain(buf) == [(1, b"a", []), (2, b"b", [41])]
+
+
+def test_next_plain_leaves_incomplete_oversized_and_malformed_messages():
     buf = ReceiveBuffer(64)
-    feed(buf, encode(1, 8, b"keep me intact"))
-    kept = buf.next_message()
-    assert kept is not None
-    for i in range(400):  # far more than the buffer holds
-        feed(buf, encode(2 + i, 8, b"filler" * 7))
-        assert len(drain(buf)) == 1
-    assert bytes(kept.body) == b"keep me intact"
-    buf.release()
+    data = encode(1, 9, b"x" * 10)
+    feed(buf, data[:20])
+    assert buf.next_plain() is None and buf.buffered == 20
+    feed(buf, data[20:])
+    assert buf.next_plain() is not None
+    feed(buf, HEADER.pack(2, 9, 1000, 0, 0))
+    assert buf.next_plain() is None
+    frame = buf.next_message()
+    assert frame is not None and frame.body is None  # oversized: reported by next_message
+    buf2 = ReceiveBuffer(64)
+    feed(buf2, HEADER.pack(3, 9, 4, 0, 0))
+    assert buf2.next_plain() is None
+    with pytest.raises(FramingError):
+        buf2.next_message()
+
+
+def test_plain_and_framed_messages_interleave_in_order():
+    buf = ReceiveBuffer(128)
+    sent = [(i, bytes([i % 256]) * (i % 7)) for i in range(1, 300)]
+    got = []
+    for msg_id, payload in sent:
+        feed(buf, encode(msg_id, 9, payload))
+        if msg_id % 2:
+            plain = buf.next_plain()
+            assert plain is not None
+            got.append((plain[0], bytes(buf.data[plain[5] + 16 : plain[5] + plain[2]])))
+        else:
+            got += [(i, body) for i, body, _fds in drain(buf)]
+    assert got == sent
+
+
+def test_feed_refuses_more_than_the_buffer_holds():
+    buf = ReceiveBuffer(64)
+    with pytest.raises(FramingError):
+        buf.feed(b"\0" * 10_000)
 
 
 def test_close_fds_closes_what_was_never_handed_out():

@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
 import qemu_corpus  # noqa: E402
 import runner  # noqa: E402
-from server_fixtures import ServerProcess, server_factory, start_server  # noqa: E402,F401
-from vfu_platform.client import VfioUserClient  # noqa: E402
+from vfu_platform.testing import ProcessServer, serve_in_subprocess  # noqa: E402
 from vfu_platform.protocol import messages as m  # noqa: E402
 from vfu_platform.protocol.constants import HEADER_SIZE, Command, MsgFlags  # noqa: E402
 from vfu_platform.protocol.header import HEADER  # noqa: E402
@@ -56,10 +55,10 @@ def test_seed_corpus_is_the_recorded_qemu_session() -> None:
         assert qemu_corpus.seed_files(TRACE.read_text()) == stored
 
 
-def test_the_seed_session_is_served_as_qemu_was(server_factory) -> None:
+def test_the_seed_session_is_served_as_qemu_was(vfu_server) -> None:
     """Replayed to a real server, the recorded session gets one reply per non-posted request, none an error
     it should not be (the ones QEMU's firmware provokes: unmapping what was never mapped)."""
-    server: ServerProcess = server_factory(device="edu")
+    server: ProcessServer = vfu_server("edu")
     client = server.connect(negotiate=False)
     session = (runner.SEED_CORPUS / "session.bin").read_bytes()
     pos, waits = 0, []
@@ -98,7 +97,7 @@ def test_fuzz_short_run(target: str, tmp_path: Path) -> None:
 class ClientAgainstServer(RuleBasedStateMachine):
     """A client doing valid and broken things in any order; the server must answer each as it should."""
 
-    server: ServerProcess
+    server: ProcessServer
 
     @initialize()
     def connect(self) -> None:
@@ -167,7 +166,7 @@ class ClientAgainstServer(RuleBasedStateMachine):
 
 
 def test_session_state_machine(tmp_path: Path) -> None:
-    server = start_server(tmp_path, device="edu")
+    server = serve_in_subprocess(directory=tmp_path, model="edu")
     try:
         ClientAgainstServer.server = server
         run = ClientAgainstServer.TestCase

@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from server_fixtures import ServerProcess, install_intx, intx_unmask, irq_reg
-from server_fixtures import eventfds, gpio_server, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import ProcessServer, install_intx, intx_unmask, irq_reg
 from vfu_platform import vfio_abi
 from vfu_platform.backends.sim import gpio
 from vfu_platform.bridge import irq_page
@@ -24,7 +23,7 @@ SRAM = 1
 
 
 @pytest.fixture
-def client(gpio_server: ServerProcess) -> VfioUserClient:
+def client(gpio_server: ProcessServer) -> VfioUserClient:
     return gpio_server.connect()
 
 
@@ -90,8 +89,8 @@ def test_line_registers_past_the_last_line_read_zero(client: VfioUserClient) -> 
     assert client.read32(REGS, gpio.REG_STATUS) == 0
 
 
-def test_timer_one_shot_raises_its_line(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_timer_one_shot_raises_its_line(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.write32(REGS, gpio.REG_TIMER_LINE, 2)
     client.write32(REGS, gpio.REG_TIMER_DELAY_US, 300_000)
@@ -104,8 +103,8 @@ def test_timer_one_shot_raises_its_line(client: VfioUserClient, eventfds) -> Non
     assert client.read32(REGS, gpio.REG_TIMER_CTRL) == 0  # one-shot: disabled after expiry
 
 
-def test_timer_periodic_keeps_raising(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_timer_periodic_keeps_raising(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.write32(REGS, gpio.REG_TIMER_LINE, 1)
     client.write32(REGS, gpio.REG_TIMER_DELAY_US, 1000)
@@ -118,8 +117,8 @@ def test_timer_periodic_keeps_raising(client: VfioUserClient, eventfds) -> None:
     assert client.read32(REGS, gpio.REG_TIMER_CTRL) == 0
 
 
-def test_timer_stopped_before_expiry_raises_nothing(client: VfioUserClient, eventfds) -> None:
-    (trigger,) = eventfds(1)
+def test_timer_stopped_before_expiry_raises_nothing(client: VfioUserClient, vfu_eventfds) -> None:
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.write32(REGS, gpio.REG_TIMER_DELAY_US, 50_000)
     client.write32(REGS, gpio.REG_TIMER_CTRL, gpio.TIMER_ENABLE)
@@ -128,8 +127,8 @@ def test_timer_stopped_before_expiry_raises_nothing(client: VfioUserClient, even
     assert client.read32(REGS, gpio.REG_STATUS) == 0
 
 
-def test_model_options_from_the_command_line(server_factory: Callable[..., ServerProcess]) -> None:
-    client = server_factory(device="gpio", extra=["-o", "lines=6", "-o", "edge=false"]).connect()
+def test_model_options_from_the_command_line(vfu_server: Callable[..., ProcessServer]) -> None:
+    client = vfu_server("gpio", extra=["-o", "lines=6", "-o", "edge=false"]).connect()
     assert client.read32(REGS, gpio.REG_NLINES) == 6
     assert irq_reg(client, "gpio", irq_page.IRQ_LINES) == 6
 
@@ -180,7 +179,7 @@ def test_sram_fd_cannot_be_resized(client: VfioUserClient) -> None:
     assert client.region_read(SRAM, 0xFFC, 4) == b"ok!!"
 
 
-def test_sram_survives_the_client_and_clears_on_reset(gpio_server: ServerProcess) -> None:
+def test_sram_survives_the_client_and_clears_on_reset(gpio_server: ProcessServer) -> None:
     with gpio_server.connect() as first:
         first.region_write(SRAM, 0, b"kept")
     second = gpio_server.connect()

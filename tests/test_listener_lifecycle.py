@@ -21,15 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import PYTHON, REPO, ServerProcess, start_server
+from conftest import REPO
+from vfu_platform.testing import PYTHON, ProcessServer, serve_in_subprocess
 from vfu_platform.client import make_eventfd
-from vfu_platform.server.listener import SocketPathError, check_socket_path, lock_path
+from vfu_platform.endpoint import SocketPathError, check_socket_path, lock_path
 from vfu_platform.trace import MessageRecord, read_trace
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_with_a_client_attached_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    server = start_server(tmp_path, device="edu", trace=True)
+    server = serve_in_subprocess(directory=tmp_path, model="edu", trace=True)
     client = server.connect()
     ram = os.memfd_create("life")
     os.ftruncate(ram, 0x2000)
@@ -51,7 +52,7 @@ def test_signal_with_a_client_attached_stops_cleanly(tmp_path: Path, signum: int
     assert len(sent) == replies, "every reply the client got is in the trace"
     client.close()
     os.close(efd)
-    again = start_server(tmp_path, device="edu", name="vfu.sock")
+    again = serve_in_subprocess(directory=tmp_path, model="edu", name="vfu.sock")
     with again.connect() as c:
         assert c.read32(0, 0) == 0x010000ED
     again.clients.clear()
@@ -59,7 +60,7 @@ def test_signal_with_a_client_attached_stops_cleanly(tmp_path: Path, signum: int
 
 
 def test_sigkill_then_restart_replaces_the_stale_socket(tmp_path: Path) -> None:
-    first = start_server(tmp_path, device="edu")
+    first = serve_in_subprocess(directory=tmp_path, model="edu")
     first.connect()
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
@@ -67,7 +68,7 @@ def test_sigkill_then_restart_replaces_the_stale_socket(tmp_path: Path) -> None:
     first.clients.clear()
     assert os.path.exists(first.socket_path) and os.path.exists(lock_path(first.socket_path))
     check_socket_path(first.socket_path)  # the CLI's early check lets it through: its server is gone
-    second = start_server(tmp_path, device="edu")
+    second = serve_in_subprocess(directory=tmp_path, model="edu")
     assert "replacing" in second.stderr() and "stale socket" in second.stderr()
     with second.connect() as client:
         assert client.read32(0, 0) == 0x010000ED
@@ -76,7 +77,7 @@ def test_sigkill_then_restart_replaces_the_stale_socket(tmp_path: Path) -> None:
 
 
 def test_a_second_server_on_a_live_path_is_refused(tmp_path: Path) -> None:
-    live = start_server(tmp_path, device="edu")
+    live = serve_in_subprocess(directory=tmp_path, model="edu")
     result = subprocess.run([PYTHON, "-m", "vfu_platform", "serve", "--socket", live.socket_path],
                             capture_output=True, text=True, timeout=30, cwd=str(REPO))
     assert result.returncode == 2
@@ -109,7 +110,7 @@ def test_a_full_disk_stops_the_trace_not_the_server(tmp_path: Path) -> None:
         proc = subprocess.Popen([PYTHON, "-m", "vfu_platform", "serve", "--socket", socket_path, "--device", "edu",
                                  "--trace", "/dev/full"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, cwd=str(REPO))
-    server = ServerProcess(proc, socket_path, stderr_path)
+    server = ProcessServer(proc, socket_path, stderr_path)
     try:
         import time
 

@@ -91,12 +91,15 @@ class Tiny(SimDevice):
         elif offset == 0xC:
             self.pulse(self.edge)
         elif offset == 0x10:
-            self.dma_result = self.dma_read(0, 4)
+            self.dma_read(0, 4, self._dma_got)
         elif offset == 0x14:
             self.defer(0.001, self._dma_later)
 
     def _dma_later(self) -> None:
-        self.dma_result = self.dma_read(0, 4)
+        self.dma_read(0, 4, self._dma_got)
+
+    def _dma_got(self, data: bytes | None) -> None:
+        self.dma_result = data
 
 
 LEVEL, EDGE = 0, 1
@@ -372,11 +375,14 @@ def test_deferred_dma_and_detach_parking() -> None:
 
 def test_dma_without_context_or_unmapped() -> None:
     dev = Tiny()
-    assert dev.dma_read(0, 4) is None
-    assert not dev.dma_write(0, b"x")
+    results: list[object] = []
+    dev.dma_read(0, 4, results.append)
+    dev.dma_write(0, b"x", results.append)
+    assert results == [None, False]
     assert "no DMA context" in dev.errors[-1]
     dev.attach(DeviceContext(dma=RamDma(0x10), scheduler=ManualScheduler()))
-    assert dev.dma_read(0x20, 4) is None
+    dev.dma_read(0x20, 4, results.append)
+    assert results[-1] is None
     assert "not mapped" in dev.errors[-1]
     assert dev.counters.values["dma.errors"] == 3
     dev.close()

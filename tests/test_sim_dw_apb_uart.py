@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import ServerProcess, install_intx, intx_unmask
-from server_fixtures import eventfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import ProcessServer, install_intx, intx_unmask
 from uart_doubles import Wired
 from vfu_platform.backends.guest import Bind, Trigger
 from vfu_platform.backends.sim import dw_apb_uart as dw
 from vfu_platform.backends.sim.dw_apb_uart import DwApbUartDevice
+from vfu_platform.backends.sim.pl011 import Pl011Device
 from vfu_platform.backends.sim.registry import create_model
 from vfu_platform.backends.sim.uart_port import LineError
-from vfu_platform.cli import MODEL_IDS
 from vfu_platform.client import VfioUserClient
 
 RBR, IER, IIR, LCR, MCR, LSR, MSR, SCR = dw.REG_RBR, dw.REG_IER, dw.REG_IIR, dw.REG_LCR, dw.REG_MCR, dw.REG_LSR, dw.REG_MSR, dw.REG_SCR
@@ -80,7 +79,7 @@ def test_description_and_guest_device() -> None:
         # 16550-compatible by default: Linux 6.12's dw8250_handle_irq oopses without match data
         assert dict(guest.properties) == {"clock-frequency": 3686400, "reg-shift": 2, "reg-io-width": 4,
                                           "snps,uart-16550-compatible": True}
-        assert MODEL_IDS["dw-apb-uart"].device == 0x5646 and MODEL_IDS["pl011"].class_code == 0x088000
+        assert DwApbUartDevice.pci_device == 0x5646 and Pl011Device.pci_class == 0x088000
     finally:
         dev.close()
 
@@ -445,14 +444,14 @@ def open_like_linux(client: VfioUserClient) -> None:
     client.read32(REGS, MSR)
 
 
-def test_served_uart_over_a_unix_port(server_factory: Callable[..., ServerProcess], tmp_path: Path,
-                                      eventfds) -> None:
+def test_served_uart_over_a_unix_port(vfu_server: Callable[..., ProcessServer], tmp_path: Path,
+                                      vfu_eventfds) -> None:
     path = str(tmp_path / "dw.sock")
-    server = server_factory(device="dw-apb-uart", extra=["-o", f"port=unix:{path}"])
+    server = vfu_server("dw-apb-uart", extra=["-o", f"port=unix:{path}"])
     client = server.connect()
     assert client.read32(REGS, dw.REG_CPR) == dw.CPR and client.read32(REGS, dw.REG_CTR) == dw.CTR
     open_like_linux(client)
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     host.connect(path)
@@ -482,8 +481,8 @@ def test_served_uart_over_a_unix_port(server_factory: Callable[..., ServerProces
         host.close()
 
 
-def test_served_uart_announces_and_uses_its_pty(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="dw-apb-uart")
+def test_served_uart_announces_and_uses_its_pty(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("dw-apb-uart")
     match = re.search(r"dw-apb-uart: serial port on (/dev/pts/\d+) \(pty\)", server.stderr())
     assert match, server.stderr()
     host = os.open(match.group(1), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import ServerProcess, install_intx, intx_unmask, wait_until
-from server_fixtures import eventfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import ProcessServer, install_intx, intx_unmask, wait_until
 from uart_doubles import Wired
 from vfu_platform import vfio_abi
 from vfu_platform.backends.guest import Bind, Trigger
@@ -462,16 +461,16 @@ def setup_like_linux(client: VfioUserClient) -> None:
     client.write32(REGS, CR, RUN)
 
 
-def test_served_pl011_talks_to_its_pty(server_factory: Callable[..., ServerProcess], tmp_path: Path,
-                                        eventfds) -> None:
+def test_served_pl011_talks_to_its_pty(vfu_server: Callable[..., ProcessServer], tmp_path: Path,
+                                        vfu_eventfds) -> None:
     link = tmp_path / "ttyPL011"
-    server = server_factory(device="pl011", extra=["-o", f"port=pty:{link}"])
+    server = vfu_server("pl011", extra=["-o", f"port=pty:{link}"])
     assert f"pl011: serial port on {os.path.realpath(link)} (pty)" in server.stderr()
     client = server.connect()
     assert [client.read32(REGS, o) for o in range(0xFE0, 0x1000, 4)] == [0x11, 0x10, 0x34, 0, 0x0D, 0xF0, 0x05, 0xB1]
     assert client.read32(REGS, FR) == 0x97
     setup_like_linux(client)
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     host = os.open(link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
@@ -499,13 +498,13 @@ def test_served_pl011_talks_to_its_pty(server_factory: Callable[..., ServerProce
         os.close(host)
 
 
-def test_served_pl011_unix_port_and_tx_interrupt(server_factory: Callable[..., ServerProcess], tmp_path: Path,
-                                                 eventfds) -> None:
+def test_served_pl011_unix_port_and_tx_interrupt(vfu_server: Callable[..., ProcessServer], tmp_path: Path,
+                                                 vfu_eventfds) -> None:
     path = str(tmp_path / "pl011.sock")
-    server = server_factory(device="pl011", extra=["-o", f"port=unix:{path}"])
+    server = vfu_server("pl011", extra=["-o", f"port=unix:{path}"])
     client = server.connect()
     setup_like_linux(client)
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     host.connect(path)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import ServerProcess, install_intx, intx_unmask
-from server_fixtures import eventfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import ProcessServer, install_intx, intx_unmask
 from sim_doubles import ManualScheduler, take
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import AckRegister, DeviceContext
@@ -343,12 +342,12 @@ IRQ_PAGE = 1
 
 
 @pytest.fixture
-def served(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> tuple[ServerProcess, str]:
+def served(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> tuple[ProcessServer, str]:
     control = str(tmp_path / "rtc.control")
-    return server_factory(device="pl031", extra=["-o", f"epoch={EPOCH}", "--control", control]), control
+    return vfu_server("pl031", extra=["-o", f"epoch={EPOCH}", "--control", control]), control
 
 
-def test_served_identity_and_ids(served: tuple[ServerProcess, str]) -> None:
+def test_served_identity_and_ids(served: tuple[ProcessServer, str]) -> None:
     server, _ = served
     with server.connect() as client:
         info = client.device_info()
@@ -360,9 +359,9 @@ def test_served_identity_and_ids(served: tuple[ServerProcess, str]) -> None:
         assert int.from_bytes(client.region_read(vfio_abi.PCI_CONFIG_REGION_INDEX, 0x09, 3), "little") == 0x088000
 
 
-def test_served_alarm_fires_at_the_right_second(served: tuple[ServerProcess, str], eventfds) -> None:
+def test_served_alarm_fires_at_the_right_second(served: tuple[ProcessServer, str], vfu_eventfds) -> None:
     server, control = served
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     with server.connect() as client:
         install_intx(client, trigger)
         client.write32(REGS, pl031.REG_LR, 1_800_000_000)
@@ -384,9 +383,9 @@ def test_served_alarm_fires_at_the_right_second(served: tuple[ServerProcess, str
         assert client.read32(IRQ_PAGE, irq_page.IRQ_ACTIVE) == irq_page.NO_IRQ
 
 
-def test_served_host_sets_the_clock_through_the_control_socket(served: tuple[ServerProcess, str], eventfds) -> None:
+def test_served_host_sets_the_clock_through_the_control_socket(served: tuple[ProcessServer, str], vfu_eventfds) -> None:
     server, control = served
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     with server.connect() as client:
         install_intx(client, trigger)
         client.write32(REGS, pl031.REG_MR, 1_234_567_890)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server_fixtures import ServerProcess, install_intx, intx_unmask
-from server_fixtures import eventfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import ProcessServer, install_intx, intx_unmask
 from sim_doubles import take
 from vfu_platform import vfio_abi
 from vfu_platform.backends.guest import Bind, GuestIrq, GuestRegion, Trigger
@@ -355,12 +354,12 @@ IRQ_PAGE = 1
 
 
 @pytest.fixture
-def served(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> tuple[ServerProcess, str]:
+def served(vfu_server: Callable[..., ProcessServer], tmp_path: Path) -> tuple[ProcessServer, str]:
     control = str(tmp_path / "gpio.control")
-    return server_factory(device="pl061", extra=["--control", control]), control
+    return vfu_server("pl061", extra=["--control", control]), control
 
 
-def test_served_byte_access_ids_and_masked_data(served: tuple[ServerProcess, str]) -> None:
+def test_served_byte_access_ids_and_masked_data(served: tuple[ProcessServer, str]) -> None:
     server, control = served
     with server.connect() as client:
         assert client.region_read(REGS, 0xFE0, 1) == b"\x61"
@@ -373,9 +372,9 @@ def test_served_byte_access_ids_and_masked_data(served: tuple[ServerProcess, str
         assert request(control, ["gpio", "get"]) == "ok pins=0x21 inputs=0x20 outputs=0x01 dir=0x03"
 
 
-def test_served_edge_interrupt_from_the_host(served: tuple[ServerProcess, str], eventfds) -> None:
+def test_served_edge_interrupt_from_the_host(served: tuple[ProcessServer, str], vfu_eventfds) -> None:
     server, control = served
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     with server.connect() as client:
         install_intx(client, trigger)
         client.region_write(REGS, pl061.REG_IEV, b"\x08")

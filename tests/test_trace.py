@@ -9,27 +9,29 @@ from __future__ import annotations
 import json
 import os
 import signal
+from datetime import datetime
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from server_fixtures import (
-    INTX,
-    MemfdWindow,
-    ServerProcess,
-    install_intx,
-    intx_unmask,
-    set_command,
-    start_server,
-    wait_until,
-)
-from server_fixtures import eventfds, memfds, server_factory  # noqa: F401  (fixtures)
+from vfu_platform.testing import INTX, MemfdWindow, ProcessServer, install_intx, intx_unmask, set_command, serve_in_subprocess, wait_until
 from vfu_platform.backends.sim import edu, gpio
 from vfu_platform.client import VfioUserError
 from vfu_platform.protocol.header import Header
-from vfu_platform.trace import EventRecord, MessageRecord, Tracer, read_trace
+import vfu_platform
+from vfu_platform.trace import (
+    EventRecord,
+    MessageRecord,
+    Observers,
+    RunHeader,
+    RunInfo,
+    TraceHook,
+    Tracer,
+    observers,
+    read_trace,
+)
 
 
 def messages(records: list) -> list[MessageRecord]:
@@ -40,31 +42,32 @@ def events(records: list, name: str | None = None) -> list[EventRecord]:
     return [r for r in records if isinstance(r, EventRecord) and (name is None or r.event == name)]
 
 
-def stop_and_read(server: ServerProcess) -> list:
+def stop_and_read(server: ProcessServer) -> list:
     assert server.stop() == 0
     assert server.trace_path is not None
     return read_trace(server.trace_path)
 
 
 @pytest.fixture
-def traced_edu(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
-    return server_factory(device="edu", trace=True)
+def traced_edu(vfu_server: Callable[..., ProcessServer]) -> ProcessServer:
+    return vfu_server("edu", trace=True)
 
 
-def test_every_line_is_one_json_object(traced_edu: ServerProcess) -> None:
+def test_every_line_is_one_json_object(traced_edu: ProcessServer) -> None:
     with traced_edu.connect() as client:
         client.device_info()
     traced_edu.clients.clear()
     stop_and_read(traced_edu)
     lines = Path(traced_edu.trace_path).read_text().splitlines()  # type: ignore[arg-type]
     assert lines
+    assert json.loads(lines[0])["kind"] == "header"
     for line in lines:
         record = json.loads(line)
-        assert record["kind"] in ("msg", "event")
+        assert record["kind"] in ("header", "msg", "event")
         assert isinstance(record["t"], (int, float))
 
 
-def test_one_record_per_message_each_way(traced_edu: ServerProcess) -> None:
+def test_one_record_per_message_each_way(traced_edu: ProcessServer) -> None:
     client = traced_edu.connect()
     client.device_info()
     client.read32(0, edu.REG_ID)
@@ -91,7 +94,7 @@ def test_one_record_per_message_each_way(traced_edu: ServerProcess) -> None:
     assert all(r.errno == 0 for r in records)
 
 
-def test_error_replies_carry_the_errno(traced_edu: ServerProcess) -> None:
+def test_error_replies_carry_the_errno(traced_edu: ProcessServer) -> None:
     client = traced_edu.connect()
     with pytest.raises(VfioUserError):
         client.region_read(6, 0, 4)  # the ROM region has size 0
@@ -104,7 +107,7 @@ def test_error_replies_carry_the_errno(traced_edu: ServerProcess) -> None:
     assert failed.note  # the reason, for a person reading the trace
 
 
-def test_posted_writes_have_no_reply_record(traced_edu: ServerProcess) -> None:
+def test_posted_writes_have_no_reply_record(traced_edu: ProcessServer) -> None:
     client = traced_edu.connect()
     client.write32(0, edu.REG_LIVENESS, 1, posted=True)
     client.write32(42, 0, 1, posted=True)  # fails: still no reply on the wire
@@ -121,11 +124,11 @@ def test_posted_writes_have_no_reply_record(traced_edu: ServerProcess) -> None:
     assert dropped.no_reply and dropped.errno == 22 and dropped.note
 
 
-def test_fds_are_counted(traced_edu: ServerProcess, memfds, eventfds) -> None:
+def test_fds_are_counted(traced_edu: ProcessServer, vfu_memfds, vfu_eventfds) -> None:
     client = traced_edu.connect()
-    window: MemfdWindow = memfds(0x1000)
+    window: MemfdWindow = vfu_memfds(0x1000)
     client.dma_map(0x10_0000, 0x1000, fd=window.fd)
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.close()
     traced_edu.clients.clear()
@@ -134,8 +137,8 @@ def test_fds_are_counted(traced_edu: ServerProcess, memfds, eventfds) -> None:
     assert [r.fds for r in records if r.cmd == "DEVICE_SET_IRQS" and r.dir == "in"] == [1]
 
 
-def test_region_info_reply_with_fd_is_counted(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(device="gpio", trace=True)
+def test_region_info_reply_with_fd_is_counted(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("gpio", trace=True)
     client = server.connect()
     _info, fd = client.region_info(1)
     assert fd is not None
@@ -147,9 +150,9 @@ def test_region_info_reply_with_fd_is_counted(server_factory: Callable[..., Serv
     assert replies[-1].fds == 1
 
 
-def test_interrupt_transitions(traced_edu: ServerProcess, eventfds) -> None:
+def test_interrupt_transitions(traced_edu: ProcessServer, vfu_eventfds) -> None:
     client = traced_edu.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     client.write32(0, edu.REG_IRQ_RAISE, 1)
     trigger.expect_one()
@@ -175,9 +178,9 @@ def test_interrupt_transitions(traced_edu: ServerProcess, eventfds) -> None:
     assert set_irqs[0].fields["index"] == INTX and set_irqs[0].fields["fds"] == 1
 
 
-def test_resample_eoi_and_config_events(traced_edu: ServerProcess, eventfds) -> None:
+def test_resample_eoi_and_config_events(traced_edu: ProcessServer, vfu_eventfds) -> None:
     client = traced_edu.connect()
-    trigger, resample = eventfds(2)
+    trigger, resample = vfu_eventfds(2)
     install_intx(client, trigger)
     client.set_irqs(INTX, 0x14, 0, 1, [resample.fd])
     set_command(client, 0x0406)
@@ -198,7 +201,7 @@ def test_resample_eoi_and_config_events(traced_edu: ServerProcess, eventfds) -> 
     assert events(records, "irq-reset")[-1].fields == {"reason": "client lost"}
 
 
-def test_dma_requests_and_refusals_are_traced(traced_edu: ServerProcess) -> None:
+def test_dma_requests_and_refusals_are_traced(traced_edu: ProcessServer) -> None:
     client = traced_edu.connect()
     client.dma_map(0x10_0000, 0x1000)  # no fd: DMA goes through messages
     for command in (0x0002, 0x0006):  # without, then with bus mastering
@@ -219,9 +222,9 @@ def test_dma_requests_and_refusals_are_traced(traced_edu: ServerProcess) -> None
     assert dma[0].id == dma[1].id
 
 
-def test_timestamps_never_go_back(traced_edu: ServerProcess, eventfds) -> None:
+def test_timestamps_never_go_back(traced_edu: ProcessServer, vfu_eventfds) -> None:
     client = traced_edu.connect()
-    (trigger,) = eventfds(1)
+    (trigger,) = vfu_eventfds(1)
     install_intx(client, trigger)
     for _ in range(5):
         client.write32(0, edu.REG_IRQ_RAISE, 1)
@@ -236,16 +239,22 @@ def test_timestamps_never_go_back(traced_edu: ServerProcess, eventfds) -> None:
 
 def test_a_second_run_appends(tmp_path: Path) -> None:
     for device in ("edu", "gpio"):
-        server = start_server(tmp_path, device=device, trace=True)
+        server = serve_in_subprocess(directory=tmp_path, model=device, trace=True)
         with server.connect() as client:
             client.sync()
         server.clients.clear()
         assert server.stop(signal.SIGINT) == 0
     records = read_trace(str(tmp_path / "vfu.sock.trace"))
     assert len(events(records, "client-connected")) == 2
+    # Each run begins with its own header: the two runs never blur.
+    headers = [i for i, r in enumerate(records) if isinstance(r, RunHeader)]
+    assert [records[i].device for i in headers] == ["edu", "gpio"]  # type: ignore[attr-defined]
+    assert headers[0] == 0
+    assert events(records[headers[0]:headers[1]], "client-connected")
+    assert events(records[headers[1]:], "client-connected")
 
 
-def test_trace_is_complete_after_a_client_leaves(traced_edu: ServerProcess) -> None:
+def test_trace_is_complete_after_a_client_leaves(traced_edu: ProcessServer) -> None:
     """Readable while the server runs: everything up to a client's departure is written."""
     with traced_edu.connect() as client:
         client.read32(0, gpio.REG_ID)
@@ -273,3 +282,227 @@ def test_tracer_writes_read_trace_reads(tmp_path: Path) -> None:
     with pytest.raises(msgspec.DecodeError):
         path.write_text("not json\n")
         read_trace(str(path))
+
+
+# --------------------------------------------------------------------------- run header
+
+
+def test_the_header_names_the_run(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("gpio", irq_mode="msix", trace=True, extra=["-o", "lines=3"])
+    with server.connect() as client:
+        client.sync()
+    server.clients.clear()
+    records = stop_and_read(server)
+    header = records[0]
+    assert isinstance(header, RunHeader)
+    assert [r for r in records if isinstance(r, RunHeader)] == [header]
+    assert header.device == "gpio" and header.pid == server.pid and header.version == vfu_platform.__version__
+    assert header.format == 1 and not header.reopened
+    assert header.options["irq_mode"] == "msix" and header.options["device_options"] == {"lines": "3"}
+    assert "--trace" in header.argv and "serve" in header.argv
+    started = datetime.fromisoformat(header.time)
+    assert started.tzinfo is not None and abs((datetime.now(started.tzinfo) - started).total_seconds()) < 600
+    assert header.t <= min(r.t for r in records[1:])
+
+
+def test_reopen_starts_the_new_file_with_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "run.trace"
+    tracer = Tracer.open(str(path), RunInfo("edu", {"irq_mode": "intx"}, ("vfu-platform", "serve")))
+    tracer.event("client-connected", number=1)
+    path.rename(tmp_path / "run.trace.1")  # what logrotate does
+    tracer.event("before-reopen")  # still written to the moved file
+    tracer.reopen()
+    tracer.event("client-gone", reason="test")
+    tracer.close()
+    old = read_trace(str(tmp_path / "run.trace.1"))
+    new = read_trace(str(path))
+    assert [type(r) for r in old] == [RunHeader, EventRecord, EventRecord]
+    assert isinstance(new[0], RunHeader) and new[0].reopened and new[0].device == "edu"
+    assert new[0].argv == ["vfu-platform", "serve"] and new[0].pid == old[0].pid  # type: ignore[union-attr]
+    assert [r.event for r in new[1:]] == ["client-gone"]  # type: ignore[union-attr]
+    assert new[0].t >= old[-1].t  # one run's clock goes on across files
+
+
+def test_sighup_reopens_the_trace_file(vfu_server: Callable[..., ProcessServer]) -> None:
+    server = vfu_server("edu", trace=True)
+    assert server.trace_path is not None
+    rotated = server.trace_path + ".1"
+    with server.connect() as client:
+        client.sync()
+    server.clients.clear()
+    wait_until(lambda: bool(events(read_trace(server.trace_path), "client-gone")))  # type: ignore[arg-type]
+    os.rename(server.trace_path, rotated)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: os.path.exists(server.trace_path))  # type: ignore[arg-type]
+    with server.connect() as client:
+        client.read32(0, edu.REG_ID)
+    server.clients.clear()
+    new = stop_and_read(server)
+    assert isinstance(new[0], RunHeader) and new[0].reopened and new[0].pid == server.pid
+    assert [r.cmd for r in messages(new) if r.dir == "in"] == ["VERSION", "REGION_READ"]
+    old = read_trace(rotated)
+    assert isinstance(old[0], RunHeader) and not old[0].reopened
+    assert len(events(old, "client-connected")) == 1 and not any(r.cmd == "REGION_READ" for r in messages(old))
+    assert "Traceback" not in server.stderr()
+
+
+# --------------------------------------------------------------------------- message records
+
+
+def test_flags_are_named_and_errors_by_name(traced_edu: ProcessServer) -> None:
+    client = traced_edu.connect()
+    client.write32(0, edu.REG_LIVENESS, 1, posted=True)
+    client.write32(42, 0, 1, posted=True)  # fails, unanswered
+    with pytest.raises(VfioUserError):
+        client.region_read(6, 0, 4)
+    client.close()
+    traced_edu.clients.clear()
+    records = messages(stop_and_read(traced_edu))
+    posted = [r for r in records if r.cmd == "REGION_WRITE" and r.dir == "in"]
+    assert [(r.flags, r.flags_raw) for r in posted] == [(("command", "no_reply"), 0x10)] * 2
+    (dropped,) = [r for r in records if r.dir == "dropped"]
+    assert dropped.flags == ("reply", "no_reply", "error") and dropped.error == "EINVAL"
+    (failed,) = [r for r in records if r.cmd == "REGION_READ" and r.dir == "out"]
+    assert (failed.flags, failed.flags_raw, failed.errno, failed.error) == (("reply", "error"), 0x21, 22, "EINVAL")
+    version = [r for r in records if r.cmd == "VERSION"]
+    assert [(r.flags, r.flags_raw) for r in version] == [(("command",), 0), (("reply",), 1)]
+
+
+def test_accesses_carry_region_offset_count_and_value(traced_edu: ProcessServer) -> None:
+    """Needs the session to pass region/offset/count/value (MessageObserver)."""
+    client = traced_edu.connect()
+    client.write32(0, edu.REG_LIVENESS, 0x1234)
+    assert client.read32(0, edu.REG_LIVENESS) == ~0x1234 & 0xFFFFFFFF
+    client.region_read(0, 0, 16)  # no value for a 16-byte access
+    client.close()
+    traced_edu.clients.clear()
+    records = [r for r in messages(stop_and_read(traced_edu)) if r.cmd in ("REGION_READ", "REGION_WRITE")]
+    got = [(r.dir, r.cmd, r.region, r.offset, r.count, r.value) for r in records]
+    assert got == [
+        ("in", "REGION_WRITE", 0, edu.REG_LIVENESS, 4, 0x1234),
+        ("out", "REGION_WRITE", 0, edu.REG_LIVENESS, 4, None),
+        ("in", "REGION_READ", 0, edu.REG_LIVENESS, 4, None),
+        ("out", "REGION_READ", 0, edu.REG_LIVENESS, 4, ~0x1234 & 0xFFFFFFFF),
+        ("in", "REGION_READ", 0, 0, 16, None),
+        ("out", "REGION_READ", 0, 0, 16, None),
+    ]
+
+
+# --------------------------------------------------------------------------- IRQ transitions
+
+
+def transitions(records: list) -> list[tuple[str, int, object]]:
+    """(transition, line, target or EOI source) of the irq-raised/queued/delivered/eoi/... events."""
+    out = []
+    for r in events(records):
+        kind = r.event[4:] if r.event.startswith("irq-") else ""
+        if kind in ("raised", "coalesced", "queued", "delivered", "eoi", "dequeued", "dropped"):
+            out.append((kind, r.fields["line"], r.fields.get("target", r.fields.get("source"))))
+    return out
+
+
+def test_edu_interrupt_transitions_with_their_eoi_source(traced_edu: ProcessServer, vfu_eventfds) -> None:
+    client = traced_edu.connect()
+    trigger, resample = vfu_eventfds(2)
+    install_intx(client, trigger)
+    client.write32(0, edu.REG_IRQ_RAISE, 1)
+    trigger.expect_one()
+    client.write32(0, edu.REG_IRQ_ACK, 1)  # the ack register: half of the EOI
+    intx_unmask(client)  # the other half: this completes it
+    client.set_irqs(INTX, 0x14, 0, 1, [resample.fd])  # UNMASK|EVENTFD: a resamplefd
+    client.write32(0, edu.REG_IRQ_RAISE, 1)
+    trigger.expect_one()
+    client.write32(0, edu.REG_IRQ_ACK, 1)
+    resample.signal()
+    wait_until(lambda: not resample.pending())
+    client.sync()
+    client.close()
+    traced_edu.clients.clear()
+    records = stop_and_read(traced_edu)
+    assert transitions(records) == [
+        ("raised", 0, None), ("delivered", 0, "intx"), ("eoi", 0, "unmask message"),
+        ("raised", 0, None), ("delivered", 0, "intx"), ("eoi", 0, "resamplefd"),
+    ]
+    times = [r.t for r in events(records) if r.event in ("irq-raised", "irq-delivered", "irq-eoi")]
+    assert times == sorted(times)
+
+
+def test_gpio_queued_lines_and_ack_register_eois(vfu_server: Callable[..., ProcessServer], vfu_eventfds) -> None:
+    server = vfu_server("gpio", trace=True)
+    client = server.connect()
+    (trigger,) = vfu_eventfds(1)
+    install_intx(client, trigger)
+    client.write32(0, gpio.REG_RAISE, 0b011)  # two lines at once: line 1 waits behind line 0
+    trigger.expect_one()
+    client.write32(0, gpio.line_register(0, gpio.LINE_ACK), 1)
+    intx_unmask(client)  # completes line 0's EOI (its ack came first)
+    trigger.expect_one(what="line 1 after line 0's EOI")
+    intx_unmask(client)
+    client.write32(0, gpio.line_register(1, gpio.LINE_ACK), 1)  # completes line 1's EOI
+    client.write32(0, gpio.REG_RAISE, 0b1111)
+    trigger.expect_one()
+    client.reset()  # the active line and the queue are dropped
+    client.close()
+    server.clients.clear()
+    records = stop_and_read(server)
+    got = transitions(records)
+    assert got[:7] == [
+        ("raised", 0, None), ("delivered", 0, "intx"), ("raised", 1, None), ("queued", 1, None),
+        ("eoi", 0, "unmask message"), ("delivered", 1, "intx"), ("eoi", 1, "ack register"),
+    ]
+    rest = got[7:]
+    assert ("delivered", 0, "intx") in rest
+    assert sorted(t for t in rest if t[0] == "queued") == [("queued", 1, None), ("queued", 2, None), ("queued", 3, None)]
+    assert [t for t in rest if t[0] == "dropped"] == [("dropped", line, None) for line in range(4)]
+
+
+def test_no_transitions_are_kept_without_a_trace(vfu_server: Callable[..., ProcessServer], vfu_eventfds) -> None:
+    """Untraced, the engine records nothing: a long run does not grow a list nobody reads."""
+    server = vfu_server("edu")
+    client = server.connect()
+    (trigger,) = vfu_eventfds(1)
+    install_intx(client, trigger)
+    for _ in range(3):
+        client.write32(0, edu.REG_IRQ_RAISE, 1)
+        trigger.expect_one()
+        client.write32(0, edu.REG_IRQ_ACK, 1)
+        intx_unmask(client)
+    assert client.read32(0, edu.REG_IRQ_STATUS) == 0
+    client.close()
+    server.clients.clear()
+    assert server.stop() == 0
+
+
+# --------------------------------------------------------------------------- one hook for several observers
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "", *,
+                region: int | None = None, offset: int | None = None, count: int | None = None,
+                value: int | None = None) -> None:
+        self.calls.append(("message", direction, header.msg_id, nfds, error, note, region, offset, count, value))
+
+    def event(self, event: str, **fields: object) -> None:
+        self.calls.append(("event", event, fields))
+
+
+def test_observers_gives_the_cheapest_hook() -> None:
+    a, b = _Recorder(), _Recorder()
+    assert observers() is None and observers(None, None) is None  # no hook: the session's fast path
+    assert observers(None, a) is a  # one observer: itself, no fan-out
+    both = observers(a, None, b)
+    assert isinstance(both, Observers) and both.sinks == (a, b)
+    both.message("in", Header(5, 9, 32, 0, 0), 2, 0, "", region=1, offset=8, count=4, value=7)
+    both.event("irq-raised", line=3)
+    hook = TraceHook()
+    assert not hook
+    hook("ignored")
+    hook.tracer = both
+    assert hook
+    hook("irq-eoi", line=3, source="resamplefd")
+    expected = [("message", "in", 5, 2, 0, "", 1, 8, 4, 7), ("event", "irq-raised", {"line": 3}),
+                ("event", "irq-eoi", {"line": 3, "source": "resamplefd"})]
+    assert a.calls == expected and b.calls == expected

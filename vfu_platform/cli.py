@@ -6,10 +6,12 @@ Every bad argument gets one line on stderr and a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from vfu_platform.backends.base import DeviceBackend
@@ -19,18 +21,6 @@ from vfu_platform.bridge.device import BridgeOptions, PciBridge, RegionOptions
 from vfu_platform.config import Config, ConfigError, load_config
 
 EXIT_USAGE = 2
-
-#: PCI identities of the built-in models (edu's are QEMU's own edu device).
-MODEL_IDS = {
-    "edu": PciIds(vendor=0x1234, device=0x11E8, class_code=0x00FF00),
-    "gpio": PciIds(vendor=0x1234, device=0x5650, class_code=0x088000),
-    "pl011": PciIds(vendor=0x1234, device=0x5646, class_code=0x088000),  # bridge with a guest descriptor
-    "dw-apb-uart": PciIds(vendor=0x1234, device=0x5646, class_code=0x088000),
-    # the vfu-platform bridge with a guest descriptor (docs/guest-descriptor.md)
-    "pl031": PciIds(vendor=0x1234, device=0x5646, class_code=0x088000),
-    "pl061": PciIds(vendor=0x1234, device=0x5646, class_code=0x088000),
-}
-
 
 #: PCI identity of a device group (`--device pl031,pl061`): the descriptor bridge's.
 GROUP_IDS = PciIds(vendor=0x1234, device=0x5646, class_code=0x088000)
@@ -50,6 +40,27 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _socket_mode(text: str) -> int:
+    from vfu_platform.endpoint import parse_mode
+
+    try:
+        return parse_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def package_version() -> str:
+    """The installed distribution's version, else the package's own `__version__`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vfu-platform")
+    except PackageNotFoundError:
+        from vfu_platform import __version__
+
+        return __version__
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -57,13 +68,20 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vfu-platform", description="vfio-user server for platform devices")
+    parser.add_argument("--version", action="version", version=f"vfu-platform {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="serve a device on a vfio-user socket")
-    serve.add_argument("--socket", required=True, help="unix socket path to listen on")
+    serve.add_argument("--socket", required=True, help="unix socket path to listen on (with systemd socket "
+                       "activation: the path of the passed socket)")
+    serve.add_argument("--socket-mode", type=_socket_mode, metavar="OCTAL",
+                       help="permissions of the socket file (default 0600), e.g. 0660 with --socket-group")
+    serve.add_argument("--socket-group", metavar="NAME|GID",
+                       help="group of the socket file (one this user is in), e.g. kvm for libvirt's QEMU")
     source = serve.add_mutually_exclusive_group()
-    source.add_argument("--device", help="simulated device model: edu (default), gpio, or package.module:Class; "
-                        "several, comma-separated (pl031,pl061), make a device group behind one bridge")
+    source.add_argument("--device", help="simulated device model: edu (default), gpio, package.module:Class or "
+                        "path/to/file.py:Class; several, comma-separated (pl031,pl061), make a device group "
+                        "behind one bridge")
     source.add_argument("--host", help="host device bound to vfio-platform/vfio-amba/vfio-pci (sysfs name)")
     source.add_argument("--sysfsdev", help="host device by sysfs path")
     serve.add_argument("--config", help="TOML configuration file")
@@ -73,21 +91,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trace", metavar="FILE", help="write one JSON line per message and IRQ transition")
     serve.add_argument("--unsafe-noiommu-dma", action="store_true",
                        help="host devices in no-IOMMU mode: allow DMA maps (the device can reach any memory)")
-    serve.add_argument("-v", "--verbose", action="count", default=0, help="log a readable summary (-vv: every message)")
+    serve.add_argument("-v", "--verbose", action="count", default=0,
+                       help="log connections and IRQ state changes (-vv: also one line per message)")
+    serve.add_argument("--log-file", metavar="FILE", help="log to FILE (appended; reopened on SIGHUP), not stderr")
     serve.add_argument("--message-timeout", type=_seconds, metavar="SECONDS",
                        help="drop a client that stalls this long: no VERSION, a message left incomplete, "
                             "a reply not taken (default 5, like QEMU's x-msg-timeout)")
-    serve.add_argument("--control", metavar="PATH", help="also listen on a control socket (see `vfu-platform control`)")
+    serve.add_argument("--control", metavar="PATH", help="the control socket (default SOCKET.ctl; see `vfu-platform control` and `status`)")
 
-    inspect = commands.add_parser("inspect", help="describe a host VFIO device and its bridge plan")
-    inspect.add_argument("name", help="sysfs device name or path")
+    inspect = commands.add_parser("inspect", help="describe a host VFIO device (or a model) and its bridge plan")
+    inspect.add_argument("name", nargs="?", help="sysfs device name or path")
+    inspect.add_argument("--device", metavar="MODEL", help="a simulated model instead (as `serve --device`)")
+    inspect.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                         help="model option, with --device (repeatable)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    commands.add_parser("models", help="list the built-in simulated device models")
+    models = commands.add_parser("models", help="list the built-in simulated device models")
+    models.add_argument("--json", action="store_true",
+                        help="describe each model: class, PCI ids, regions, IRQs, options")
+
+    trace = commands.add_parser("trace", help="read a --trace file")
+    trace_commands = trace.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
+    summary = trace_commands.add_parser("summary", help="per-command counts and errors, IRQ latencies, clients")
+    summary.add_argument("file", help="the trace file (several runs and a cut-off last line are fine)")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     control = commands.add_parser("control", help="send one command to a running server's control socket")
     control.add_argument("--control", required=True, metavar="PATH", help="the server's --control socket")
     control.add_argument("words", nargs=argparse.REMAINDER, help="the command, e.g. gpio set 3 1")
+    from vfu_platform.operator_cli import add_commands
+
+    add_commands(commands)  # status, qemu-args
     return parser
 
 
@@ -115,21 +149,55 @@ def make_backend(args: argparse.Namespace, config: Config) -> tuple[DeviceBacken
     model = args.device or config.device.model or ",".join(config.device.models or ()) or "edu"
     options = _model_options(args.option, config.device.options)
     try:
+        importable = _expand_model_files(model)  # PATH.py:Class -> module:Class, shown as given
         if "," in model:  # a device group: several platform devices behind one bridge
             from vfu_platform.backends.group import create_group
 
-            models = [name.strip() for name in model.split(",")]
+            models = [name.strip() for name in importable.split(",")]
             if not all(models):
                 raise ValueError(f"--device {model!r}: an empty model name in the list")
-            return create_group(models, options, create_model), ",".join(models)
-        return create_model(model, options), model
+            return create_group(models, options, create_model), ",".join(name.strip() for name in model.split(","))
+        return create_model(importable, options), model
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def bridge_options(args: argparse.Namespace, config: Config, model: str) -> BridgeOptions:
+def _expand_model_files(model: str) -> str:
+    """Each "PATH.py:Class" of a (comma-separated) model spec, imported, as its "module:Class" name."""
+    from vfu_platform.backends.sim.model_file import is_file_spec, load_model_file
+
+    return ",".join(load_model_file(part.strip()) if is_file_spec(part.strip()) else part for part in model.split(","))
+
+
+def model_ids(model: str, backend: DeviceBackend | None = None) -> PciIds:
+    """The PCI identity of `model` before any [bridge] override: its class's (`pci_vendor`,
+    `pci_device`, `pci_class`), GROUP_IDS for a group, QEMU's defaults for a host device."""
+    if model == "host":
+        return PciIds()
+    if "," in model:
+        return GROUP_IDS
+    from vfu_platform.backends.sim.identity import DEFAULT_IDENTITY, model_identity
+
+    if backend is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            identity = model_identity(type(backend))
+        for warning in caught:  # one line, like every other message of the command
+            print(f"vfu-platform: warning: {warning.message}", file=sys.stderr)
+    else:
+        from vfu_platform.backends.sim.registry import resolve_model
+
+        try:
+            identity = model_identity(resolve_model(model))
+        except ValueError:
+            identity = DEFAULT_IDENTITY
+    return PciIds(vendor=identity.vendor, device=identity.device, class_code=identity.class_code)
+
+
+def bridge_options(args: argparse.Namespace, config: Config, model: str,
+                   backend: DeviceBackend | None = None) -> BridgeOptions:
     section = config.bridge
-    base = MODEL_IDS.get(model) or (GROUP_IDS if "," in model else PciIds())
+    base = model_ids(model, backend)
     ids = PciIds(
         vendor=base.vendor if section.vendor_id is None else section.vendor_id,
         device=base.device if section.device_id is None else section.device_id,
@@ -151,21 +219,31 @@ def bridge_options(args: argparse.Namespace, config: Config, model: str) -> Brid
 
 
 def serve(args: argparse.Namespace) -> int:
-    from vfu_platform.server.listener import Server, SocketPathError, check_socket_path
+    from vfu_platform.endpoint import SocketPathError, check_socket_path
+    from vfu_platform.server.listener import Server
     from vfu_platform.server.session import SessionOptions
-    from vfu_platform.trace import Tracer
+    from vfu_platform import logs
+    from vfu_platform.trace import RunInfo, Tracer, observers
 
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="vfu-platform: %(message)s",
-        stream=sys.stderr,
-    )
-    config = load_config(args.config) if args.config else Config()
     try:
-        check_socket_path(args.socket)
+        logs.configure_logging(args.verbose, args.log_file)
+    except OSError as exc:
+        raise UsageError(f"cannot open log file {args.log_file}: {exc.strerror}") from None
+    config = load_config(args.config) if args.config else Config()
+    from vfu_platform.endpoint import parse_mode, resolve_group, take_inherited
+    from vfu_platform.server.notify import Notifier
+
+    notifier = Notifier.from_environ()
+    try:
+        passed = take_inherited()  # systemd socket activation (LISTEN_FDS)
+        mode = args.socket_mode if args.socket_mode is not None else parse_mode(config.server.socket_mode)
+        group = args.socket_group if args.socket_group is not None else config.server.socket_group
+        gid = None if group is None else resolve_group(group)
+        if passed is None:  # a passed socket is live and ours: no probe
+            check_socket_path(args.socket)
         if args.control:
             check_socket_path(args.control)
-    except SocketPathError as exc:
+    except (SocketPathError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if args.control and os.path.abspath(args.control) == os.path.abspath(args.socket):
         raise UsageError("--control must be another path than --socket")
@@ -176,31 +254,45 @@ def serve(args: argparse.Namespace) -> int:
         if serves_as_pci_function(backend):  # a vfio-pci function is served as itself, no bridge
             bridge: PciBridge | PciPassthrough = PciPassthrough(backend)  # type: ignore[arg-type]
         else:
-            bridge = PciBridge(backend, bridge_options(args, config, model))
+            bridge = PciBridge(backend, bridge_options(args, config, model, backend))
     except (BarPlanError, ValueError) as exc:
         backend.close()
         raise UsageError(str(exc)) from None
-    try:
-        tracer = Tracer.open(args.trace) if args.trace else None
-    except OSError as exc:
-        bridge.close()
-        raise UsageError(f"cannot open trace file {args.trace}: {exc.strerror}") from None
     options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
                              write_multiple=config.server.write_multiple,
                              message_timeout=args.message_timeout or config.server.message_timeout)
-    server = Server(args.socket, bridge, options, tracer)
-    server.install_signal_handlers()  # before the socket exists: an early SIGTERM is a clean stop
+    is_bridge = isinstance(bridge, PciBridge)
+    run = RunInfo(model, {"irq_mode": bridge.options.irq_mode if is_bridge else "passthrough",  # type: ignore[union-attr]
+                          "device_options": _model_options(args.option, config.device.options),
+                          "config": args.config, "message_timeout": options.message_timeout,
+                          "max_data_xfer_size": options.max_data_xfer_size, "verbose": args.verbose})
     try:
-        server.listen()
+        tracer = Tracer.open(args.trace, run) if args.trace else None
+    except OSError as exc:
+        bridge.close()
+        raise UsageError(f"cannot open trace file {args.trace}: {exc.strerror}") from None
+    # -vv only: below that the message log is not in the hook at all (the fast path stays on)
+    bar_names = {b.index: b.name or ("irq-page" if b.region is None else "")
+                 for b in bridge.plan.bars} if is_bridge else {}  # type: ignore[union-attr]
+    message_log = logs.MessageLog(logs.pci_region_namer(bar_names)) if args.verbose >= 2 else None
+    server = Server(args.socket, bridge, options, observers(tracer, message_log))
+    server.install_signal_handlers()  # before the socket exists: an early SIGTERM is a clean stop
+    server.on_reopen += [logs.reopen, *([tracer.reopen] if tracer else [])]  # SIGHUP
+    try:
+        server.listen(mode, gid, passed)
     except SocketPathError as exc:
         server.close()
         bridge.close()
         raise UsageError(str(exc)) from None
-    control = _listen_control(args.control, server, backend) if args.control else None
+    control = _listen_control(args, config, server, backend, model)
     print(f"vfu-platform: serving {model} on {args.socket}", file=sys.stderr, flush=True)
+    served = lambda: f"serving {model} on {args.socket}, {server.sessions_served} clients served"  # noqa: E731
+    server.on_session_end.append(lambda _session: notifier.status(served()))
+    notifier.ready(served())
     try:
         server.serve_forever()
     finally:
+        notifier.stopping(f"stopping: {served()}")
         if control:
             control.close()
         server.close()
@@ -210,20 +302,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listen_control(path: str, server: object, backend: DeviceBackend) -> object:
-    """The control socket in the server's loop; commands go to the backend (by first word)."""
-    from vfu_platform.backends.base import route_control
-    from vfu_platform.server.control import ControlServer
-    from vfu_platform.server.listener import SocketPathError
+def _listen_control(args: argparse.Namespace, config: Config, server: object, backend: DeviceBackend,
+                    model: str) -> object:
+    """The control socket (--control, else SOCKET.ctl) in the server's loop: device commands and `server status`."""
+    from vfu_platform.operator_cli import open_control
+    from vfu_platform.endpoint import SocketPathError
 
-    control = ControlServer(path, server.loop, lambda words: route_control([backend], words))  # type: ignore[attr-defined]
+    host = args.host or args.sysfsdev or config.device.host or config.device.sysfsdev
+    name, kind = (host, "host") if model == "host" and host else (model, "model")
     try:
-        control.listen()
+        return open_control(server, backend, args.control, name, kind)
     except SocketPathError as exc:
         server.close()  # type: ignore[attr-defined]
         backend.close()
         raise UsageError(str(exc)) from None
-    return control
 
 
 def control(args: argparse.Namespace) -> int:
@@ -245,7 +337,55 @@ def inspect(args: argparse.Namespace) -> int:
     """Describe a host device and the server's plan for it; exit 1 when it cannot be opened."""
     from vfu_platform.inspect_report import print_inspect
 
+    if args.device is not None:
+        if args.name is not None:
+            raise UsageError("inspect: give a host device NAME or --device MODEL, not both")
+        return inspect_model(args)
+    if args.option:
+        raise UsageError("inspect: --option needs --device")
+    if args.name is None:
+        raise UsageError("inspect: give a host device NAME or --device MODEL")
     return print_inspect(args.name, as_json=args.json)
+
+
+def _describe(spec: str, backend: DeviceBackend, plan: bool) -> object:
+    """The model_report.ModelReport of a built model (or group) named `spec`."""
+    from vfu_platform.backends.sim.identity import declares_identity
+    from vfu_platform.model_report import ModelPci, describe_backend
+
+    ids = model_ids(spec, backend)
+    declared = "," in spec or declares_identity(type(backend))
+    pci = ModelPci(vendor=ids.vendor, device=ids.device, class_code=ids.class_code, declared=declared)
+    # a group's options are its members' (LABEL.KEY=VALUE), not DeviceGroup's own arguments
+    return describe_backend(spec, type(backend), backend, pci, plan=plan, options=[] if "," in spec else None)
+
+
+@contextlib.contextmanager
+def _quiet_ports() -> Iterator[None]:
+    """Hold back INFO/WARNING log lines while a model is built only to be described."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def inspect_model(args: argparse.Namespace) -> int:
+    """`inspect --device MODEL`: the model's regions, IRQs, identity and the bridge's BAR plan."""
+    import msgspec
+
+    from vfu_platform.model_report import format_model
+
+    model_args = argparse.Namespace(host=None, sysfsdev=None, device=args.device, option=args.option,
+                                    unsafe_noiommu_dma=False)
+    with _quiet_ports():  # a UART model opens a pty nobody will use: no "serial port on" line
+        backend, spec = make_backend(model_args, Config())
+    try:
+        report = _describe(spec, backend, plan=True)
+    finally:
+        backend.close()
+    print(msgspec.json.encode(report).decode() if args.json else format_model(report))  # type: ignore[arg-type]
+    return 0
 
 
 def _print_report(report: object) -> None:
@@ -255,18 +395,47 @@ def _print_report(report: object) -> None:
     print(format_table(report))  # type: ignore[arg-type]
 
 
-def list_models(_args: argparse.Namespace) -> int:
-    from vfu_platform.backends.sim.registry import known_models
+def list_models(args: argparse.Namespace) -> int:
+    """`models`: one built-in model name a line; with --json, a description of each."""
+    from vfu_platform.backends.sim.registry import create_model, known_models
 
+    if not args.json:
+        for name in known_models():
+            print(name)
+        return 0
+    import msgspec
+
+    reports = []
     for name in known_models():
-        print(name)
+        with _quiet_ports():
+            backend = create_model(name)
+        try:
+            reports.append(_describe(name, backend, plan=False))
+        finally:
+            backend.close()
+    print(msgspec.json.encode(reports).decode())
     return 0
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    """`vfu-platform trace summary FILE [--json]`."""
+    from vfu_platform.trace_summary import TraceFileError, main as summary
+
+    try:
+        return summary(args.file, as_json=args.json)
+    except TraceFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": serve, "inspect": inspect, "models": list_models}
     handlers["control"] = control
+    handlers["trace"] = trace_command
+    from vfu_platform import operator_cli
+
+    handlers["status"] = operator_cli.status
+    handlers["qemu-args"] = operator_cli.qemu_args
     try:
         return handlers[args.command](args)
     except (UsageError, ConfigError) as exc:

@@ -30,6 +30,8 @@ Example:
     [server]
     max_data_xfer_size = 1048576
     message_timeout = 5.0      # drop a client stalled this long (seconds)
+    socket_mode = "0660"       # the socket file's permissions (default 0600)
+    socket_group = "kvm"       # and its group (name or gid): libvirt's QEMU can connect
 
 Unknown keys are errors, so a typo never passes silently.
 """
@@ -93,6 +95,9 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     write_multiple: bool = True
     #: seconds a client may stall (no VERSION, a message left incomplete, a reply not taken)
     message_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = DEFAULT_MESSAGE_TIMEOUT
+    #: the socket file's permissions ("0660" or 0o660) and group (name or gid): --socket-mode/--socket-group
+    socket_mode: str | int = 0o600
+    socket_group: str | int | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

@@ -35,6 +35,12 @@ class Counters:
     def __len__(self) -> int:
         return len(self.values)
 
+    def keys(self) -> list[str]:
+        return list(self.values)
+
+    def items(self) -> list[tuple[str, int]]:
+        return list(self.values.items())
+
     def snapshot(self) -> dict[str, int]:
         """A copy of the current values."""
         return dict(self.values)

@@ -3,9 +3,15 @@
 
 A window that came with an fd is mmapped (offset and protection honoured) and
 reached directly; one without an fd is reached through DMA_READ / DMA_WRITE
-messages to the client (`RemoteDma`, supplied by the session).  Every device
-access is bounds-checked against the table: it must lie inside one window and
-the window must allow the direction.
+messages to the client (`remote_read` / `remote_write`, supplied by the session).
+Every device access is bounds-checked against the table: it must lie inside one
+window and the window must allow the direction.
+
+Two forms of access: `read` / `write` answer at once and work on mmapped windows
+only (a window that needs the client raises EWOULDBLOCK); `read_then` /
+`write_then` take a continuation, `done(result)`, called with the bytes read (b""
+for a write) or the `DmaError`: at once for an mmapped window, when the client's
+reply arrives for the others.  The server never waits inside a device callback.
 """
 from __future__ import annotations
 
@@ -21,8 +27,11 @@ from vfu_platform import vfio_abi
 from vfu_platform.errors import DmaError, VfuError
 from vfu_platform.protocol.constants import DEFAULT_MAX_DMA_MAPS, MAX_DMA_WINDOW_SIZE
 
-RemoteRead = Callable[[int, int], bytes]
-RemoteWrite = Callable[[int, bytes], None]
+#: a DMA continuation: called once, with the bytes read (b"" after a write) or the error
+DmaDone = Callable[[bytes | DmaError], None]
+#: the session's side of a window without fd: send the request(s), call `done` when answered
+RemoteRead = Callable[[int, int, DmaDone], None]
+RemoteWrite = Callable[[int, bytes, DmaDone], None]
 
 
 class DmaMapError(VfuError):
@@ -181,27 +190,70 @@ class DmaMapTable:
         raise DmaError(errno.EFAULT, f"DMA [{iova:#x}, +{size:#x}) is outside every mapped window")
 
     def read(self, iova: int, size: int) -> bytes:
+        """Read an mmapped window now (EWOULDBLOCK for a window reached through the client)."""
+        window = self._readable(iova, size)
+        if window.mapping is None:
+            raise DmaError(errno.EWOULDBLOCK, f"DMA read at {iova:#x}: the window has no fd (use read_then)")
+        start = iova - window.iova
+        return window.mapping[start : start + size]
+
+    def write(self, iova: int, data: bytes) -> None:
+        """Write an mmapped window now (EWOULDBLOCK for a window reached through the client)."""
+        window = self._writable(iova, len(data))
+        if window.mapping is None:
+            raise DmaError(errno.EWOULDBLOCK, f"DMA write at {iova:#x}: the window has no fd (use write_then)")
+        start = iova - window.iova
+        window.mapping[start : start + len(data)] = data
+
+    def read_then(self, iova: int, size: int, done: DmaDone) -> None:
+        """Read `size` bytes at `iova`; `done(bytes | DmaError)` once they are here (maybe at once)."""
+        try:
+            window = self._readable(iova, size)
+            if window.mapping is None:
+                remote = self.remote_read
+                if remote is None:
+                    raise DmaError(errno.ENODEV, "DMA to a window without fd, and no client to ask")
+            else:
+                start = iova - window.iova
+                data = window.mapping[start : start + size]
+        except DmaError as exc:
+            done(exc)
+            return
+        if window.mapping is None:
+            remote(iova, size, done)
+        else:
+            done(data)
+
+    def write_then(self, iova: int, data: bytes, done: DmaDone) -> None:
+        """Write `data` at `iova`; `done(b"" | DmaError)` once it is written (maybe at once)."""
+        try:
+            window = self._writable(iova, len(data))
+            if window.mapping is None:
+                remote = self.remote_write
+                if remote is None:
+                    raise DmaError(errno.ENODEV, "DMA to a window without fd, and no client to ask")
+            else:
+                start = iova - window.iova
+                window.mapping[start : start + len(data)] = data
+        except DmaError as exc:
+            done(exc)
+            return
+        if window.mapping is None:
+            remote(iova, data, done)
+        else:
+            done(b"")
+
+    def _readable(self, iova: int, size: int) -> DmaWindow:
         window = self.find(iova, size)
         if not window.readable:
             raise DmaError(errno.EPERM, f"DMA read from write-only window at {window.iova:#x}")
-        if window.mapping is not None:
-            start = iova - window.iova
-            return window.mapping[start : start + size]
-        if self.remote_read is None:
-            raise DmaError(errno.ENODEV, "DMA to a window without fd, and no client to ask")
-        return self.remote_read(iova, size)
+        return window
 
-    def write(self, iova: int, data: bytes) -> None:
-        window = self.find(iova, len(data))
+    def _writable(self, iova: int, size: int) -> DmaWindow:
+        window = self.find(iova, size)
         if not window.writable:
             raise DmaError(errno.EPERM, f"DMA write to read-only window at {window.iova:#x}")
-        if window.mapping is not None:
-            start = iova - window.iova
-            window.mapping[start : start + len(data)] = data
-            return
-        if self.remote_write is None:
-            raise DmaError(errno.ENODEV, "DMA to a window without fd, and no client to ask")
-        self.remote_write(iova, data)
+        return window
 
 
 def _identity(fd: int | None) -> tuple[int, int] | None:

@@ -268,17 +268,8 @@ def format_table(report: HostReport) -> str:
         rows = [["index", "name", "count", "trigger", "flags"]]
         rows += [[f"irq {q.index}", q.name, str(q.count), q.trigger, _irq_flags(q)] for q in full.irqs]
         lines += _table(rows, "  ")
-    plan = full.plan
-    if plan is not None:
-        lines.append(f"{_key('plan')}{plan.summary}")
-        if plan.error:
-            lines.append(f"{_key('plan error')}{plan.error}")
-        for bar in plan.bars:
-            lines.append(_key(_bar_name(bar, plan)) + _bar_line(bar))
-        for irq in plan.irqs:
-            lines.append(f"{_key(f'irq {irq.irq}')}{irq.name} ({irq.trigger}) -> {irq.route}")
-        if plan.config:
-            lines.append(f"{_key('config')}{plan.config}")
+    if full.plan is not None:
+        lines += plan_lines(full.plan)
     for note in full.notes:
         lines.append(f"{_key('note')}{note}")
     if full.iommufd:
@@ -286,6 +277,20 @@ def format_table(report: HostReport) -> str:
     if full.error:
         lines.append(f"{_key('error')}{full.error}")
     return "\n".join(lines)
+
+
+def plan_lines(plan: PlanReport) -> list[str]:
+    """The plan part of the table: summary, one line per BAR and per IRQ, config space."""
+    lines = [f"{_key('plan')}{plan.summary}"]
+    if plan.error:
+        lines.append(f"{_key('plan error')}{plan.error}")
+    for bar in plan.bars:
+        lines.append(_key(_bar_name(bar, plan)) + _bar_line(bar))
+    for irq in plan.irqs:
+        lines.append(f"{_key(f'irq {irq.irq}')}{irq.name} ({irq.trigger}) -> {irq.route}")
+    if plan.config:
+        lines.append(f"{_key('config')}{plan.config}")
+    return lines
 
 
 def _bar_name(bar: PlanBar, plan: PlanReport) -> str:

@@ -28,11 +28,17 @@ class ConnectionClosed(Exception):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, max_message_size: int, send_timeout: float | None = SEND_TIMEOUT) -> None:
+    def __init__(self, sock: socket.socket, max_message_size: int = 0, send_timeout: float | None = SEND_TIMEOUT,
+                 buffer: ReceiveBuffer | None = None) -> None:
+        """Receive into `buffer` (a session's), or into a new one for messages up to `max_message_size`."""
         self.sock = sock
         # Only send() can wait: receive() is called when the socket is readable.
         sock.settimeout(send_timeout)
-        self.buffer = ReceiveBuffer(max_message_size)
+        if buffer is None:
+            if max_message_size <= 0:
+                raise ValueError("a Channel needs a buffer or a max_message_size")
+            buffer = ReceiveBuffer(max_message_size)
+        self.buffer = buffer
         #: set when a recvmsg lost ancillary data (MSG_CTRUNC): the next message is answered EFAULT
         self.truncated_fds = False
 
@@ -78,6 +84,18 @@ class Channel:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 raise ConnectionClosed(str(exc)) from exc
             raise
+
+    def send_nowait(self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...] = ()) -> bool:
+        """Send one message if the socket takes all of it at once; False if not (or the peer is gone).
+
+        For last words before closing: a client that is not reading is not waited for.
+        """
+        try:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            sent = self.sock.sendmsg([data], ancillary, socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return sent == len(data)
 
     def close(self) -> None:
         self.buffer.discard()

@@ -1,10 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: BSD-3-Clause
 # Put this checkout's vfu_platform into the arm64 root, with the cffi VFIO
-# extension cross-compiled for aarch64.
+# extension cross-compiled for aarch64, and its testbench/ (the guest programs).
 #
 # usage: stage-arm64-package.sh REPO ROOTFS PYDEV
-#   REPO    the checkout (its vfu_platform/ and bindings/vfio_build.py)
+#   REPO    the checkout (its vfu_platform/, testbench/ and bindings/vfio_build.py)
 #   ROOTFS  the arm64 root from mkrootfs-arm64.sh
 #   PYDEV   an unpacked libpython3.11-dev arm64 .deb (Python headers)
 #
@@ -51,3 +51,12 @@ fi
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
 echo "stage-arm64-package: $DEST ($(find "$DEST" -name '*.py' | wc -l) modules)"
+BENCH=$R/opt/vfu/testbench
+rm -rf "$BENCH.tmp"
+(cd "$REPO" && find testbench \( -name "*.py" -o -name "*.sh" \) -not -path "*/__pycache__/*" -print0) | while IFS= read -r -d '' f; do
+  mkdir -p "$R/opt/vfu/$(dirname "${f/testbench/testbench.tmp}")"
+  cp "$REPO/$f" "$R/opt/vfu/${f/testbench/testbench.tmp}"
+done
+rm -rf "$BENCH"
+mv "$BENCH.tmp" "$BENCH"
+echo "stage-arm64-package: $BENCH ($(find "$BENCH" -name '*.py' | wc -l) modules)"

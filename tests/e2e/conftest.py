@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from guest_policy import require_bench
-from vfu_platform.testbench import qemu
+from testbench import qemu
 
 GuestFactory = Callable[..., qemu.GuestResult]
 

@@ -4,7 +4,7 @@
 Our server's gpio model in `--irq-mode msix`, driven inside the guest through
 vfio-pci and the project's own `VfioHostBackend` (type1 container behind a vIOMMU:
 no Debian kernel has VFIO_NOIOMMU), with one eventfd per vector
-(vfu_platform/testbench/guest/msix.py).  Twice:
+(testbench/guest/msix.py).  Twice:
 
 * `acks=model`: the gpio's ack registers are exact EOIs: each line alone on its own
   vector once; lines 0,1,2 raised at one instant arrive one at a time in FIFO order,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from vfu_platform.testbench import qemu
+from testbench import qemu
 
 pytestmark = pytest.mark.qemu
 GuestFactory = Callable[..., qemu.GuestResult]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from vfu_platform.testbench import qemu
+from testbench import qemu
 
 pytestmark = pytest.mark.qemu
 GuestFactory = Callable[..., qemu.GuestResult]

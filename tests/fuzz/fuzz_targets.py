@@ -9,8 +9,8 @@ decoder: the bytes go through the framing buffer (in chunks, as a socket deliver
 them) and every whole message through the request and reply decoders.  Anything but
 a message or a `ProtocolError` (a `FramingError` once framing is lost) is a crash.
 
-session: the bytes are what a client sends to a real `Session` over a real socketpair
-(in chunks; sometimes with eventfds attached) serving a simulated device through the
+session: the bytes are what a client sends over a real socketpair to a `Connection`
+(the server's I/O edge and its sans-I/O `Session`), in chunks, sometimes with eventfds attached, serving a simulated device through the
 bridge (edu with INTx, or gpio with MSI-X).  Checked for every input:
   * no internal error: nothing logged at ERROR (an unexpected exception in a handler is
     logged and answered EIO: here it is a crash);
@@ -51,10 +51,11 @@ with atheris.instrument_imports(include=["vfu_platform"]):
     from vfu_platform.protocol.errors import FramingError, ProtocolError
     from vfu_platform.protocol.framing import ReceiveBuffer
     from vfu_platform.protocol.header import HEADER
+    from vfu_platform.dma import DmaDone
+    from vfu_platform.server.connection import Connection
     from vfu_platform.server.loop import EventLoop
     from vfu_platform.server.session import Session, SessionOptions
     from vfu_platform.trace import Tracer
-    from vfu_platform.transport import Channel
 
 MAX_XFER = 4096  # small: an oversized message fits in one fuzz input
 NO_REPLY = 0x10
@@ -133,27 +134,34 @@ def chunks(data: bytes, crc: int) -> list[bytes]:
 def fuzz_decoder(data: bytes) -> None:
     crc = zlib.crc32(data)
     buffer = ReceiveBuffer(MAX_XFER + 32)
+    plain_first = bool(crc & 0x40)  # the session's hot path asks next_plain() before next_message()
     try:
         for piece in chunks(data, crc):
-            view = buffer.writable()
-            n = min(len(piece), len(view))
-            view[:n] = piece[:n]
-            view.release()
-            buffer.commit(n)
-            while (frame := buffer.next_message()) is not None:
+            buffer.feed(piece)
+            while True:
+                plain = buffer.next_plain() if plain_first else None
+                if plain is not None:
+                    _id, command, size, _flags, _error, start = plain
+                    assert HEADER_SIZE <= size <= len(buffer.data) - start
+                    _decode(command, memoryview(buffer.data)[start + HEADER_SIZE : start + size])
+                    continue
+                frame = buffer.next_message()
+                if frame is None:
+                    break
                 header, body, _fds = frame
-                try:
-                    if body is not None:
-                        for decode in (decode_request, decode_reply):
-                            try:
-                                decode(header.command, body)
-                            except ProtocolError as exc:
-                                assert exc.errno > 0
-                finally:
-                    buffer.release()
+                if body is not None:
+                    _decode(header.command, body)
     except FramingError:
         pass
     RESOURCES.count()
+
+
+def _decode(command: int, body: memoryview) -> None:
+    for decode in (decode_request, decode_reply):
+        try:
+            decode(command, body)
+        except ProtocolError as exc:
+            assert exc.errno > 0
 
 
 # --------------------------------------------------------------------------- session
@@ -191,11 +199,11 @@ class SessionHarness:
             except PermissionError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         client.setblocking(False)
-        channel = Channel(server_sock, self.options.max_message_size, send_timeout=1.0)
-        session = Session(channel, device, self.loop, self.options, self.tracer if crc & 0x10 else None)
-        session.dma.remote_read = _no_remote_dma  # type: ignore[assignment]
-        session.dma.remote_write = _no_remote_dma  # type: ignore[assignment]
-        session.start()
+        connection = Connection(server_sock, device, self.loop, self.options, self.tracer if crc & 0x10 else None)
+        session = connection.session
+        session.dma.remote_read = _no_remote_dma
+        session.dma.remote_write = _no_remote_dma
+        connection.start()
         output = bytearray()
         try:
             for i, piece in enumerate(chunks(data, crc)):
@@ -207,7 +215,7 @@ class SessionHarness:
                         os.close(fd)
                 elif piece:
                     client.sendall(piece)
-                self._settle(session, output, client)
+                self._settle(connection, output, client)
                 if session.closed:
                     break
             replies, framing_lost = self.expected(data)
@@ -219,13 +227,14 @@ class SessionHarness:
             assert got == replies, f"{got} replies to {replies} requests that want one"
         finally:
             client.close()
-            self._settle(session, output, None)
+            self._settle(connection, output, None)
             assert session.closed, "the session must end when its client goes"
             device.reset("fuzz input done")
         RESOURCES.count()
 
-    def _settle(self, session: Session, output: bytearray, client: socket.socket | None) -> None:
+    def _settle(self, connection: Connection, output: bytearray, client: socket.socket | None) -> None:
         """Run the loop until the session has handled everything sent so far."""
+        session: Session = connection.session
         for _ in range(10000):
             self.loop.run_once(0)
             if client is not None:
@@ -238,12 +247,12 @@ class SessionHarness:
                     # The server dropped us (framing lost) with our bytes still unread on its
                     # side: unix sockets then report a reset after the data, instead of EOF.
                     assert session.closed, "a reset while the session is open"
-            if session.closed or not _readable(session.channel.fileno()):
+            if session.closed or not _readable(connection.channel.fileno()):
                 return
         raise AssertionError("the session never caught up with its input (a hang)")
 
-def _no_remote_dma(*_args: object) -> bytes:
-    raise DmaError(errno.EFAULT, "fuzz: no client memory")
+def _no_remote_dma(_iova: int, _size_or_data: object, done: DmaDone) -> None:
+    done(DmaError(errno.EFAULT, "fuzz: no client memory"))
 
 
 def _readable(fd: int) -> bool:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from guest_policy import require_bench
-from vfu_platform.testbench import armvirt
-from vfu_platform.testbench.armvirt import DriverBench, DriverResult, Scenario
+from testbench import armvirt
+from testbench.armvirt import DriverBench, DriverResult, Scenario
 
 SUITE = "guest-driver suite (tests/guest_drivers)"
 RunScenario = Callable[[Scenario], DriverResult]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from vfu_platform.testbench import driver_scenarios as ds
-from vfu_platform.testbench.armvirt import DriverResult, Scenario
+from testbench import driver_scenarios as ds
+from testbench.armvirt import DriverResult, Scenario
 
 RunScenario = Callable[[Scenario], DriverResult]
 

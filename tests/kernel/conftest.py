@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from guest_policy import require_bench
-from vfu_platform.testbench.kernel import BenchUnavailable, KernelBench
+from testbench.kernel import BenchUnavailable, KernelBench
 
 
 @pytest.fixture(scope="session")

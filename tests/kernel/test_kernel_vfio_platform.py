@@ -4,7 +4,7 @@
 pl031 (AMBA, level IRQ) and an empty virtio-mmio slot (platform, edge IRQ), with
 drivers/vfio rebuilt by provisioning (no Debian kernel enables VFIO_NOIOMMU,
 VFIO_PLATFORM or VFIO_AMBA).  The guest program is
-vfu_platform/testbench/kguest/platform.py, run by Debian's arm64 Python with
+testbench/kguest/platform.py, run by Debian's arm64 Python with
 our package and its cffi extension cross-built for aarch64.  The same boot also
 runs our vfio-user server on the pl031 and drives it with our client library.
 """
@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from vfu_platform.testbench.kernel import GuestResult, KernelBench
+from testbench.kernel import GuestResult, KernelBench
 
 pytestmark = pytest.mark.kernel
 

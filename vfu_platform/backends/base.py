@@ -73,11 +73,20 @@ class AckRegister:
 
 
 class DmaSpace(Protocol):
-    """Client memory as the device sees it (addresses are IOVAs)."""
+    """Client memory as the device sees it (addresses are IOVAs).
+
+    `read`/`write` answer at once and reach only windows the server mapped (EWOULDBLOCK
+    otherwise); `read_then`/`write_then` reach every window and call `done` with the bytes
+    (b"" for a write) or the `DmaError`, at once or when the client has answered.
+    """
 
     def read(self, iova: int, size: int) -> bytes: ...
 
     def write(self, iova: int, data: bytes) -> None: ...
+
+    def read_then(self, iova: int, size: int, done: Callable[[bytes | DmaError], None]) -> None: ...
+
+    def write_then(self, iova: int, data: bytes, done: Callable[[bytes | DmaError], None]) -> None: ...
 
 
 class Timer(Protocol):

@@ -8,6 +8,7 @@ the `DmaSpace` a backend is lent while a client is attached.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from vfu_platform.backends.base import DmaError, DmaSpace
 from vfu_platform.bridge.config_space import ConfigSpace
@@ -37,6 +38,22 @@ class BusMasterGate:
     def write(self, iova: int, data: bytes) -> None:
         self._check("write", iova, len(data))
         self._dma.write(iova, data)
+
+    def read_then(self, iova: int, size: int, done: Callable[[bytes | DmaError], None]) -> None:
+        try:
+            self._check("read", iova, size)
+        except DmaError as exc:
+            done(exc)
+            return
+        self._dma.read_then(iova, size, done)
+
+    def write_then(self, iova: int, data: bytes, done: Callable[[bytes | DmaError], None]) -> None:
+        try:
+            self._check("write", iova, len(data))
+        except DmaError as exc:
+            done(exc)
+            return
+        self._dma.write_then(iova, data, done)
 
 
 __all__ = ["BusMasterGate"]

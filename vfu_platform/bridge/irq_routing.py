@@ -13,6 +13,7 @@ per platform IRQ in `msix` mode, else 0), ERR (1, never signalled), REQ (0).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -25,9 +26,11 @@ from vfu_platform.bridge.irq_page import DESCRIPTOR_OFFSET, IRQ_ACTIVE, IRQ_CTRL
 from vfu_platform.bridge.msix import ENTRY_SIZE, MsixTable
 from vfu_platform.counters import Counters
 from vfu_platform.fds import close_quietly as _close
-from vfu_platform.irq import Actions, IrqEngine, Route, Signal, UnmaskLine
+from vfu_platform.irq import Actions, IrqEngine, Route, Signal, Transition, UnmaskLine
 from vfu_platform.protocol import messages as m
 from vfu_platform.trace import TraceFn
+
+log = logging.getLogger(__name__)
 
 _INTX = vfio_abi.PCI_INTX_IRQ_INDEX
 _MSIX = vfio_abi.PCI_MSIX_IRQ_INDEX
@@ -78,6 +81,8 @@ class IrqRouter:
     def attach(self, loop: Scheduler) -> None:
         """A client arrived: watch the line eventfds (created, and given to the backend, once)."""
         self._loop = loop
+        # The engine's transitions are recorded only while someone observes them.
+        self.engine.record_transitions(bool(self._trace))
         if not self._line_fds:
             for irq in self._irqs:
                 fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -150,7 +155,7 @@ class IrqRouter:
         self.wakeups += 1
         self._counters.bump(counter)
         self._trace(event, **fields)
-        self.apply(engine_input(*args))
+        self.apply(engine_input(*args), fields.get("source"))  # type: ignore[arg-type]
 
     def _resample_reader(self, fd: int) -> Callable[[], None]:
         return partial(self._wake, fd, "resample-eois", "intx-eoi", {"source": "resamplefd"},
@@ -160,10 +165,12 @@ class IrqRouter:
         """COMMAND.INTX_DISABLE was written with a new value."""
         self._hold_bypass()
         self._trace("intx-disable", value=self._config.intx_disabled)
+        log.info("INTx %s by the guest (COMMAND.INTX_DISABLE)", "disabled" if self._config.intx_disabled else "enabled")
         self.apply(self.engine.set_intx_disable(self._config.intx_disabled))
 
     def msix_function_mask_changed(self) -> None:
         """The MSI-X capability's function mask was written with a new value."""
+        log.info("MSI-X function mask %s by the guest", "set" if self._config.msix_function_masked else "cleared")
         self.apply(self.engine.msix_function_mask(self._config.msix_function_masked))
 
     # ------------------------------------------------------------ the IRQ page BAR
@@ -178,13 +185,15 @@ class IrqRouter:
         for register, value in self.page.register_writes(offset, data):
             if register == IRQ_EOI:
                 ignored = engine.ignored_eois
-                self.apply(engine.eoi(value))
+                self.apply(engine.eoi(value), "IRQ_EOI write")
                 if engine.ignored_eois != ignored:
                     self._counters.bump("irq-eoi-ignored")
                 self._trace("irq-eoi-write", line=value, ignored=engine.ignored_eois != ignored)
             elif register == IRQ_CTRL:
                 exact = bool(value & IRQ_CTRL_EXACT_EOI)
                 self._trace("irq-ctrl", exact_eoi=exact)
+                if exact != engine.exact_eoi:
+                    log.info("exact EOI %s by the guest (IRQ_CTRL)", "on" if exact else "off")
                 self.apply(engine.set_exact_eoi(exact))
         msix = self.msix
         if offset < DESCRIPTOR_OFFSET and msix is not None:
@@ -199,7 +208,12 @@ class IrqRouter:
                     self.apply(engine.msix_vector_mask(vector, msix.masked(vector)))
 
     # ------------------------------------------------------------ engine actions
-    def apply(self, actions: Actions) -> None:
+    def apply(self, actions: Actions, source: str | None = None) -> None:
+        """Carry out the engine's actions; `source` names the input, for the trace of an EOI.
+
+        Without a source the input was a trapped region access (the `BarRouter`): an ack
+        register write for a line that has one, else the first access after the signal.
+        """
         for action in actions:
             if isinstance(action, Signal):
                 self._signal(action.target)
@@ -211,6 +225,24 @@ class IrqRouter:
         self._update_intx_status()
         if not self.bypass.on and self.engine.active is None:
             self._update_bypass()
+        transitions = self.engine.take_transitions()
+        if transitions:
+            self._trace_transitions(transitions, source)
+
+    def _trace_transitions(self, transitions: list[Transition], source: str | None) -> None:
+        """The engine's transitions as trace events: irq-raised, irq-queued, irq-delivered, irq-eoi, ..."""
+        specs = self.engine.specs
+        for transition in transitions:
+            line = transition.line
+            fields: dict[str, object] = {"line": line}
+            name = self._irqs[line].name if line < len(self._irqs) else ""
+            if name:
+                fields["name"] = name
+            if transition.kind == "delivered":
+                fields["target"] = transition.target
+            elif transition.kind == "eoi":
+                fields["source"] = source or ("ack register" if specs[line].has_ack else "trapped access")
+            self._trace(f"irq-{transition.kind}", **fields)
 
     def _update_intx_status(self) -> None:
         # STATUS.INTERRUPT is the function's interrupt state: set while a platform IRQ is
@@ -264,7 +296,7 @@ class IrqRouter:
                 self._set_resample(fds.pop() if fds else None)
             else:
                 self._trace("intx-eoi", source="unmask message")
-                self.apply(self.engine.client_unmask())
+                self.apply(self.engine.client_unmask(), "unmask message")
         elif index == _MSIX:
             for vector in selected:
                 masked = action == vfio_abi.IRQ_SET_ACTION_MASK
@@ -272,6 +304,7 @@ class IrqRouter:
         # MASK/UNMASK of ERR/REQ are refused by validation; of MSI there are no vectors.
 
     def _disable_index(self, index: int) -> None:
+        log.info("IRQ index %d disabled by the client", index)
         if index == _INTX:
             self._set_resample(None)
             if self.intx.trigger is not None:
@@ -290,6 +323,8 @@ class IrqRouter:
     def _set_triggers(self, index: int, start: int, count: int, fds: list[int]) -> None:
         new: list[int | None] = list(fds) if fds else [None] * count
         fds.clear()
+        log.info("IRQ index %d vectors %d..%d: %s", index, start, start + count - 1,
+                 "trigger eventfds set" if any(fd is not None for fd in new) else "trigger eventfds removed")
         if index == _INTX:
             if self.intx.trigger is not None:
                 _close(self.intx.trigger)
@@ -322,6 +357,8 @@ class IrqRouter:
             if loop is not None:
                 loop.remove_reader(old)
             _close(old)
+        if fd is not None or old is not None:
+            log.info("INTx resample eventfd %s", "set" if fd is not None else "removed")
         self.intx.resample = fd
         if fd is not None and loop is not None:
             loop.add_reader(fd, self._resample_reader(fd))

@@ -10,6 +10,7 @@ from vfu_platform.irq.engine import (
     LineState,
     Route,
     Signal,
+    Transition,
     UnmaskLine,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "LineState",
     "Route",
     "Signal",
+    "Transition",
     "UnmaskLine",
 ]

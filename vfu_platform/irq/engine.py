@@ -71,6 +71,14 @@ enabled; route INTX is live while the INTx trigger is installed).
   are fired again, in order, under the MSIX rules.  An INTx activation already
   signalled is abandoned: the guest saw it; its level line is unmasked as above.
 
+Transitions (for traces; off unless `record_transitions(True)`): the engine then also
+keeps a list of what happened to each line, in order, as `Transition(kind, line)`;
+`take_transitions()` hands it over and empties it.  Kinds: "raised" (a fire taken in),
+"coalesced" (a fire of a line already ACTIVE/PENDING), "queued" (PENDING: behind the
+ACTIVE line, or a held MSI-X edge), "delivered" (signalled; `target` is "intx" or the
+vector), "eoi" (its EOI completed), "dequeued" (acked while queued), "dropped" (forgotten
+by a route going down or a reset).  Recording changes no decision.
+
 The event that EOIs one line never EOIs the next one: an `ack()` or `eoi()` that
 completes an EOI makes the following `trapped_access()` (the same guest write, the caller's
 contract is to call `ack` then `trapped_access`) a no-op.  Any other event in between
@@ -130,6 +138,16 @@ class UnmaskLine:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What happened to one line (see "Transitions" in the module docs)."""
+
+    kind: Literal["raised", "coalesced", "queued", "delivered", "eoi", "dequeued", "dropped"]
+    line: int
+    #: for "delivered": "intx" or the MSI-X vector
+    target: Literal["intx"] | int | None = None
+
+
 Action: TypeAlias = Signal | UnmaskLine
 Actions: TypeAlias = tuple[Action, ...]
 
@@ -158,7 +176,7 @@ class IrqEngine:
         "_held", "_masked", "_route", "_intx_enabled", "_client_masked",
         "_intx_disabled", "_msix_enabled", "_function_masked", "_vector_masked",
         "_vector_fd", "_access_spent", "_signals", "_eois", "_coalesced",
-        "_exact", "_active_exact", "_ignored_eois", "_taken", "_resignals",
+        "_exact", "_active_exact", "_ignored_eois", "_taken", "_resignals", "_log",
     )
 
     def __init__(self, specs: Sequence[LineSpec]) -> None:
@@ -172,6 +190,8 @@ class IrqEngine:
         self._eois = 0
         self._coalesced = 0
         self._ignored_eois = 0
+        #: transitions since the last take_transitions(), or None while not recording
+        self._log: list[Transition] | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -209,7 +229,11 @@ class IrqEngine:
             self._masked.add(line)
         if self._state[line] is not _INACTIVE:
             self._coalesced += 1
+            if self._log is not None:
+                self._log.append(Transition("coalesced", line))
             return NO_ACTIONS
+        if self._log is not None:
+            self._log.append(Transition("raised", line))
         out: list[Action] = []
         self._record(line, out)
         return _result(out)
@@ -228,7 +252,7 @@ class IrqEngine:
             self._complete_eoi(out)
         elif self._active_exact and not self._taken:
             self._resignals += 1  # lowered before the guest took it: raise it again
-            self._emit(self._signal_intx, out)
+            self._emit(self._signal_intx, out, active)
         else:
             self._unmask_seen = True
         return _result(out)
@@ -267,6 +291,8 @@ class IrqEngine:
             # write still counts as a trapped access for the ACTIVE line).
             self._queue.remove(line)
             self._state[line] = _INACTIVE
+            if self._log is not None:
+                self._log.append(Transition("dequeued", line))
             if self._specs[line].automasked:
                 self._masked.discard(line)
                 out.append(self._unmask_line[line])
@@ -378,7 +404,11 @@ class IrqEngine:
         if self._active is not None and not self._signalled:
             carried.append(self._active)
         carried.extend(self._queue)
+        log, self._log = self._log, None  # the carried lines go on: not "dropped"
+        if log is not None and self._active is not None and self._signalled:
+            log.append(Transition("dropped", self._active))  # the abandoned INTx activation
         self._drop_inflight()
+        self._log = log
         self._msix_enabled = True
         self._route = Route.MSIX
         out = []
@@ -421,6 +451,8 @@ class IrqEngine:
 
     def reset(self) -> Actions:
         """DEVICE_RESET or client loss: back to power-on; counters are kept."""
+        if self._log is not None:
+            self._log_dropped()
         self._clear()
         return NO_ACTIONS
 
@@ -500,6 +532,18 @@ class IrqEngine:
         """`eoi()` calls that did nothing (out of range, not ACTIVE, not exact)."""
         return self._ignored_eois
 
+    def record_transitions(self, on: bool) -> None:
+        """Keep a list of transitions from now on (True), or stop and forget it (False)."""
+        self._log = [] if on else None
+
+    def take_transitions(self) -> list[Transition]:
+        """The transitions since the last call, oldest first (empty while not recording)."""
+        log = self._log
+        if not log:
+            return []
+        self._log = []
+        return log
+
     def line_state(self, line: int) -> LineState:
         self._check_line(line)
         return self._state[line]
@@ -533,13 +577,17 @@ class IrqEngine:
         """Take in a fire of an INACTIVE line."""
         if self._route is Route.MSIX and not self._specs[line].automasked:
             if self._vector_deliverable(line):
-                self._emit(self._signal_vector[line], out)
+                self._emit(self._signal_vector[line], out, line)
             else:
                 self._state[line] = _PENDING
                 self._held.add(line)
+                if self._log is not None:
+                    self._log.append(Transition("queued", line))
         elif self._active is not None:  # invariant: a non-empty queue has an ACTIVE line
             self._state[line] = _PENDING
             self._queue.append(line)
+            if self._log is not None:
+                self._log.append(Transition("queued", line))
         else:
             self._activate(line, out)
 
@@ -568,7 +616,7 @@ class IrqEngine:
         self._signalled = True
         self._active_exact = self._exact
         self._taken = False
-        self._emit(signal, out)
+        self._emit(signal, out, active)
 
     def _release(self, out: list[Action]) -> None:
         """After a mask/enable change: signal whatever became deliverable.
@@ -581,11 +629,13 @@ class IrqEngine:
                 if self._vector_deliverable(line):
                     self._held.discard(line)
                     self._state[line] = _INACTIVE
-                    self._emit(self._signal_vector[line], out)
+                    self._emit(self._signal_vector[line], out, line)
 
-    def _emit(self, signal: Signal, out: list[Action]) -> None:
+    def _emit(self, signal: Signal, out: list[Action], line: int) -> None:
         self._signals += 1
         out.append(signal)
+        if self._log is not None:
+            self._log.append(Transition("delivered", line, signal.target))
 
     def _complete_eoi(self, out: list[Action]) -> None:
         active = self._active
@@ -593,6 +643,8 @@ class IrqEngine:
         self._state[active] = _INACTIVE
         self._active = None
         self._eois += 1
+        if self._log is not None:
+            self._log.append(Transition("eoi", active))
         if self._specs[active].automasked:
             self._masked.discard(active)
             out.append(self._unmask_line[active])
@@ -601,6 +653,8 @@ class IrqEngine:
 
     def _drop_inflight(self) -> None:
         """Forget ACTIVE, queue and held edges; their level lines stay masked."""
+        if self._log is not None:
+            self._log_dropped()
         if self._active is not None:
             self._state[self._active] = _INACTIVE
         for line in self._queue:
@@ -614,6 +668,12 @@ class IrqEngine:
         self._ack_seen = False
         self._queue.clear()
         self._held.clear()
+
+    def _log_dropped(self) -> None:
+        assert self._log is not None
+        for line in range(self._n):
+            if self._state[line] is not _INACTIVE:
+                self._log.append(Transition("dropped", line))
 
     def _unmask_orphans(self, out: list[Action]) -> None:
         """Unmask every known-masked line that is not ACTIVE or PENDING."""

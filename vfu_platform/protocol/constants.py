@@ -69,3 +69,9 @@ DEFAULT_MESSAGE_TIMEOUT = 5.0  # QEMU's x-msg-timeout default: how long a peer w
 #: A peer that does not take a message within this time is gone: QEMU gives up on a reply
 #: after 5 s anyway, and a single-threaded server blocked in send() would serve nothing else.
 SEND_TIMEOUT = 5.0
+#: How long a device's DMA_READ / DMA_WRITE to the client may wait for its reply.
+DMA_REQUEST_TIMEOUT = 5.0
+
+# Server-side bookkeeping.
+#: ids of our own requests that timed out, remembered so a late reply is dropped quietly
+MAX_ABANDONED_REQUESTS = 64

@@ -2,8 +2,14 @@
 """Message framing over a byte stream, sans I/O.
 
 The transport receives straight into `ReceiveBuffer.writable()` (no copy) and
-reports what arrived with `commit()`; `next_message()` then hands out whole
-messages as memoryviews into the buffer.
+reports what arrived with `commit()` (or a caller hands it bytes with `feed()`);
+`next_message()` then hands out whole messages as memoryviews into the buffer, and
+`next_plain()` the header fields and position of a whole message that carries no
+fds (the hot path: no objects built).  Framing knows headers and sizes only; what a
+command means is the session's business.
+
+A body handed out stays valid until the next `writable()`/`feed()`: the session
+handles each message before it lets anything more be received.
 
 File descriptors: the sender attaches fds to the sendmsg() that carries a
 message's header, and Linux stops a stream recvmsg() right after the chunk that
@@ -16,16 +22,15 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from vfu_platform.protocol.constants import HEADER_SIZE, Command, MsgFlags
+from vfu_platform.protocol.constants import HEADER_SIZE
 from vfu_platform.protocol.errors import FramingError
 from vfu_platform.protocol.header import HEADER, Header
 
 _COMPACT_BELOW = 4096
 _unpack_header = HEADER.unpack_from
-_ACCESS_MIN = HEADER_SIZE + 16  # header + offset/region/count
-_REGION_READ = int(Command.REGION_READ)
-_REGION_WRITE = int(Command.REGION_WRITE)
-_NO_REPLY = int(MsgFlags.NO_REPLY)
+
+#: (msg_id, command, size, flags, error, index of the message's first byte in `ReceiveBuffer.data`)
+PlainMessage = tuple[int, int, int, int, int, int]
 
 
 class Frame(NamedTuple):
@@ -45,31 +50,37 @@ class ReceiveBuffer:
         self._located = 0  # absolute offset of the last message start located (the one ending at _scan)
         self._fds: dict[int, list[int]] = {}  # absolute message start -> fds
         self._discard = 0  # bytes of an oversized body still to drop
-        # Messages handed out and not yet released.  Nested event-loop runs (a DMA
-        # wait) can hand out more while an outer one is still in use.
-        self._borrowed = 0
 
     # ------------------------------------------------------------ receiving side
     def writable(self) -> memoryview:
-        """Free space to receive into; compacts (or, if a message is borrowed, swaps) the buffer."""
-        if self._start == self._end and not self._borrowed:
+        """Free space to receive into (compacting first when little is left).
+
+        Release the view before handing out messages: a body handed out later views the same bytes.
+        """
+        if self._start == self._end:
             self._base += self._start
             self._start = self._end = 0
         elif len(self._buf) - self._end < _COMPACT_BELOW:
-            self._compact()
+            pending = self._end - self._start
+            self._buf[:pending] = self._buf[self._start : self._end]
+            self._base += self._start
+            self._start, self._end = 0, pending
         return memoryview(self._buf)[self._end :]
 
-    def _compact(self) -> None:
-        pending = self._end - self._start
-        if self._borrowed:
-            # A handed-out message still views the old bytes: never overwrite them.
-            fresh = bytearray(len(self._buf))
-            fresh[:pending] = self._buf[self._start : self._end]
-            self._buf = fresh
-        else:
-            self._buf[:pending] = self._buf[self._start : self._end]
-        self._base += self._start
-        self._start, self._end = 0, pending
+    def feed(self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Take `data` as one receive (with the fds that came with it); copies into the buffer.
+
+        Raises FramingError if more arrived than the buffer can hold: a peer cannot send
+        more than one message's worth before its messages are handled.
+        """
+        view = self.writable()
+        try:
+            if len(data) > len(view):
+                raise FramingError(f"{len(data)} bytes received at once, room for {len(view)}")
+            view[: len(data)] = data
+        finally:
+            view.release()
+        self.commit(len(data), fds)
 
     def commit(self, nbytes: int, fds: list[int] | tuple[int, ...] = ()) -> None:
         chunk_start = self._base + self._end
@@ -114,7 +125,7 @@ class ReceiveBuffer:
     def next_message(self) -> Frame | None:
         """The next whole message, or None until more bytes arrive.
 
-        A returned body stays valid until `release()`; call it once per message.
+        A returned body stays valid until more is received.
         """
         if self._discard:
             dropped = min(self._discard, self._end - self._start)
@@ -139,30 +150,27 @@ class ReceiveBuffer:
         body = memoryview(self._buf)[self._start + HEADER_SIZE : self._start + header.size]
         self._start += header.size
         self._advance_scan(msg_start, header.size)
-        self._borrowed += 1
         return Frame(header, body, self._fds.pop(msg_start, []))
 
-    def take_access(self) -> tuple[int, int, int, int, int] | None:
-        """Fast path: the next message if it is a whole REGION_READ / REGION_WRITE.
+    def next_plain(self) -> PlainMessage | None:
+        """The next message's header fields and position, if it is whole and plain.
 
-        Returns (msg_id, command, size, flags, index of the message in `data`), or
-        None when the general path must run (fds waiting, a discard, another
-        command, other flags, not all here).  Nothing is borrowed: the caller copies
-        what it needs out of `data` before it lets anything receive again.
+        Plain: no fds are waiting for any message, nothing is being discarded, and it
+        fits `max_message_size`.  None means "use `next_message()`" (which also reports
+        what is wrong with the stream).  The message is consumed; its bytes stay in
+        `data[index : index + size]` until more is received.
         """
         start = self._start
-        if self._fds or self._discard or self._end - start < _ACCESS_MIN:
+        if self._fds or self._discard or self._end - start < HEADER_SIZE:
             return None
-        msg_id, command, size, flags, _error = _unpack_header(self._buf, start)
-        if (command != _REGION_READ and command != _REGION_WRITE) or flags & ~_NO_REPLY:
-            return None
-        if size < _ACCESS_MIN or size > self._end - start or size > self.max_message_size:
+        msg_id, command, size, flags, error = _unpack_header(self._buf, start)
+        if size < HEADER_SIZE or size > self._end - start or size > self.max_message_size:
             return None
         self._start = start + size
         msg_start = self._base + start
         if self._scan <= msg_start:
             self._scan, self._located = msg_start + size, msg_start
-        return msg_id, command, size, flags, start
+        return msg_id, command, size, flags, error, start
 
     @property
     def data(self) -> bytearray:
@@ -171,11 +179,6 @@ class ReceiveBuffer:
     def _advance_scan(self, msg_start: int, size: int) -> None:
         if self._scan <= msg_start:
             self._scan, self._located = msg_start + size, msg_start
-
-    def release(self) -> None:
-        """One message handed out is no longer referenced."""
-        if self._borrowed:
-            self._borrowed -= 1
 
     def close_fds(self) -> None:
         """Close fds received for messages that will never be handled."""

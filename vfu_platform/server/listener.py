@@ -9,30 +9,30 @@ they are handled first, then the new one is served), and a new client that arriv
 while the current one is stalled (not negotiated, or in the middle of a message):
 it waits until the stalled one finishes or is dropped (`message_timeout`).
 
-The socket file is created mode 0600 and removed on shutdown; SIGINT/SIGTERM stop
-the server cleanly.  A live server holds an exclusive `flock` on SOCKET.lock for as
-long as it listens, so a socket file left by a server that was killed (SIGKILL, a
-crash) is told from a busy one and replaced, and two servers never share a path.
+The socket (endpoint.py) is created with its mode and group before it is visible, or
+passed by systemd, and removed on shutdown (unless systemd's).  A live server holds an
+exclusive `flock` on SOCKET.lock for as long as it listens, so a socket file left by a
+server that was killed (SIGKILL, a crash) is told from a busy one and replaced, and
+two servers never share a path.  SIGINT/SIGTERM stop the server cleanly; SIGHUP calls
+`on_reopen`.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import signal
 import socket
-import stat
+import time
 from collections.abc import Callable
 
+from vfu_platform.endpoint import Endpoint, InheritedSocket
 from vfu_platform.protocol.codec import encode_error
 from vfu_platform.protocol.constants import Command
-
+from vfu_platform.server.connection import Connection
 from vfu_platform.server.device_api import ServedDevice
 from vfu_platform.server.loop import EventLoop, TimerHandle
-from vfu_platform.server.session import Session, SessionOptions
-from vfu_platform.trace import Tracer
-from vfu_platform.transport import Channel
+from vfu_platform.server.session import MessageObserver, Session, SessionOptions
 
 log = logging.getLogger("vfu_platform.server")
 
@@ -42,67 +42,6 @@ _MAX_REFUSING = 8
 _REFUSAL_WAIT = 1.0
 
 
-class SocketPathError(Exception):
-    """The socket path cannot be used (busy, stale, not a socket, no directory)."""
-
-
-def lock_path(path: str) -> str:
-    """The lock file a live server holds for socket `path`."""
-    return f"{path}.lock"
-
-
-def _lock_held(path: str) -> bool | None:
-    """Whether a live server holds the lock of `path` (None: no lock file)."""
-    try:
-        fd = os.open(lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def check_socket_path(path: str) -> None:
-    """Refuse a path that is in use or left over, with a message that says which.
-
-    A socket file whose server left its lock file unlocked (it died) is not refused:
-    `Server.listen` replaces it.
-    """
-    _check_socket_path(path, _lock_held(path))
-
-
-def _check_socket_path(path: str, lock_held: bool | None) -> bool:
-    """Raise SocketPathError if `path` cannot be used; True if it is a stale socket to replace."""
-    if lock_held:
-        raise SocketPathError(f"{path} is busy: a live server holds {lock_path(path)}")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise SocketPathError(f"socket directory {parent} does not exist") from None
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketPathError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        if lock_held is False:  # its server's lock is free: that server is gone
-            return True
-        raise SocketPathError(f"{path} is a stale socket (no server listens): remove it first") from None
-    except OSError as exc:
-        raise SocketPathError(f"{path}: {exc.strerror}") from None
-    else:
-        raise SocketPathError(f"{path} is busy: another server is listening on it")
-    finally:
-        probe.close()
 
 
 class Server:
@@ -111,21 +50,29 @@ class Server:
         path: str,
         device: ServedDevice,
         options: SessionOptions | None = None,
-        tracer: Tracer | None = None,
+        tracer: MessageObserver | None = None,
         loop: EventLoop | None = None,
     ) -> None:
         self.path = path
         self.device = device
         self.options = options or SessionOptions()
+        #: the one observer of every message and event (a Tracer, a -vv log, or both)
         self.tracer = tracer
         self.loop = loop or EventLoop()
+        #: the client being served (its I/O edge) and its protocol state
+        self.connection: Connection | None = None
         self.session: Session | None = None
         self.sessions_served = 0
+        #: wall-clock time (time.time()) the current or last client was admitted
+        self.session_started: float | None = None
         self.on_session_end: list[Callable[[Session], None]] = []
         self._listener: socket.socket | None = None
         self._wakeup_r: int | None = None
         self._wakeup_w: int | None = None
-        self._lock_fd: int | None = None
+        self._endpoint: Endpoint | None = None
+        self._stop_signal = 0
+        #: called on SIGHUP (reopen the log and trace files: logrotate)
+        self.on_reopen: list[Callable[[], None]] = []
         #: a connection waiting for a stalled session to end, and its deadline timer
         self._pending: socket.socket | None = None
         self._pending_timer: TimerHandle | None = None
@@ -134,107 +81,62 @@ class Server:
         self.refused = 0
 
     # ------------------------------------------------------------ setup / teardown
-    def _take_lock(self) -> None:
-        """flock SOCKET.lock for as long as this server listens (exclusive, never waits)."""
-        path = lock_path(self.path)
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise SocketPathError(f"cannot create {path}: {exc.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise SocketPathError(f"{self.path} is busy: a live server holds {path}") from None
-            try:  # the file may have been removed (a server shutting down) between open and flock
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._lock_fd = fd
-                return
-            os.close(fd)
+    def listen(self, mode: int = 0o600, gid: int | None = None, inherited: InheritedSocket | None = None) -> None:
+        """Listen on `path` (mode and group set before it is visible), or serve on `inherited`.
 
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                os.unlink(lock_path(self.path))  # while still holding it: nobody can take a removed file
-            except FileNotFoundError:
-                pass
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def listen(self) -> None:
-        self._take_lock()
-        try:
-            stale = _check_socket_path(self.path, lock_held=False)
-        except SocketPathError:
-            self._release_lock()
-            raise
-        if stale:
-            log.warning("replacing %s: a stale socket left by a server that is gone", self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bind under a private name and rename into place once listening: whoever sees
-        # the socket file can connect at once.  Born 0600: no window for others.
-        staging = f"{self.path}.{os.getpid()}.tmp"
-        old_umask = os.umask(0o177)
-        try:
-            listener.bind(staging)
-            listener.listen(4)
-            os.rename(staging, self.path)
-        except OSError as exc:
-            listener.close()
-            try:
-                os.unlink(staging)
-            except FileNotFoundError:
-                pass
-            self._release_lock()
-            raise SocketPathError(f"cannot listen on {self.path}: {exc.strerror}") from None
-        finally:
-            os.umask(old_umask)
-        listener.setblocking(False)
-        self._listener = listener
-        self.loop.add_reader(listener.fileno(), self._on_connection)
-        log.info("listening on %s", self.path)
+        Either way the path's lock is taken (endpoint.PathLock); SocketPathError says why not.
+        """
+        if inherited is not None:
+            endpoint = Endpoint.adopt(inherited, self.path)
+        else:
+            endpoint = Endpoint.create(self.path, mode, gid)
+        endpoint.sock.setblocking(False)
+        self._endpoint = endpoint
+        self._listener = endpoint.sock
+        self.loop.add_reader(endpoint.sock.fileno(), self._on_connection)
+        log.info("listening on %s%s", self.path, " (socket passed by the service manager)" if inherited else "")
 
     def install_signal_handlers(self) -> None:
-        """SIGINT/SIGTERM end the loop; the wakeup fd gets epoll out of its wait."""
+        """SIGINT/SIGTERM end the loop; SIGHUP calls `on_reopen`, from the loop (never inside a write).
+
+        The wakeup fd gets epoll out of its wait and carries the signal numbers.
+        """
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         self.loop.add_reader(self._wakeup_r, self._drain_wakeup)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: None)  # the work is done in _drain_wakeup
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
+        # No logging here: the signal may have interrupted a log write (a reentrant flush).
+        self._stop_signal = signum
         self.loop.stopping = True
 
     def _drain_wakeup(self) -> None:
         try:
-            os.read(self._wakeup_r, 512)  # type: ignore[arg-type]
+            signals = os.read(self._wakeup_r, 512)  # type: ignore[arg-type]
         except BlockingIOError:
-            pass
+            return
+        if signal.SIGHUP in signals:
+            log.info("SIGHUP: reopening the log and trace files")
+            for reopen in self.on_reopen:
+                reopen()
 
     def close(self) -> None:
         self._refuse_pending("server shutting down")
         for fd in list(self._refusing):
             self._finish_refusal(fd, b"")
-        if self.session is not None and not self.session.closed:
-            self.session.close("server shutting down")
-        if self._listener is not None:
-            self.loop.remove_reader(self._listener.fileno())
-            self._listener.close()
+        if self.connection is not None and not self.connection.closed:
+            self.connection.close("server shutting down")
+        if self._endpoint is not None:  # the socket file (unless systemd's) and the lock go
+            self.loop.remove_reader(self._endpoint.sock.fileno())
+            self._endpoint.close()
+            self._endpoint = None
             self._listener = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-        self._release_lock()
         if self._wakeup_r is not None:
             signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             self.loop.remove_reader(self._wakeup_r)
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)  # type: ignore[arg-type]
@@ -261,9 +163,9 @@ class Server:
         if self._listener is None:  # shut down meanwhile
             conn.close()
             return
-        session = self.session
-        if session is not None and not session.closed and not session.finish_if_hung_up():
-            if session.stalled and self._pending is None:
+        current = self.connection
+        if current is not None and not current.closed and not current.finish_if_hung_up():
+            if current.session.stalled and self._pending is None:
                 # The current client may be on its way out (it is dropped once it has been
                 # stalled for message_timeout): let the new one wait for that, not fail.
                 log.info("a new client waits: the current one is stalled")
@@ -279,17 +181,18 @@ class Server:
     def _start_session(self, conn: socket.socket) -> None:
         conn.setblocking(True)
         self.sessions_served += 1
+        self.session_started = time.time()
         if self.tracer:
             self.tracer.event("client-connected", number=self.sessions_served)
         log.info("client %d connected", self.sessions_served)
-        channel = Channel(conn, self.options.max_message_size, send_timeout=self.options.message_timeout)
-        self.session = Session(channel, self.device, self.loop, self.options, self.tracer)
-        self.session.on_close = self._session_closed
-        self.session.start()
+        self.connection = Connection(conn, self.device, self.loop, self.options, self.tracer)
+        self.session = self.connection.session
+        self.connection.on_close = self._session_closed
+        self.connection.start()
 
-    def _session_closed(self, session: Session) -> None:
+    def _session_closed(self, connection: Connection) -> None:
         for callback in self.on_session_end:
-            callback(session)
+            callback(connection.session)
         if self._pending is not None:
             conn, self._pending = self._pending, None
             if self._pending_timer is not None:
@@ -364,3 +267,5 @@ class Server:
 
     def serve_forever(self) -> None:
         self.loop.run_until(lambda: False)
+        if self._stop_signal:
+            log.info("%s: shutting down", signal.Signals(self._stop_signal).name)

@@ -1,25 +1,36 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""One client connection: negotiation, dispatch, validation, replies.
+"""One client connection as a state machine, sans I/O (h11's `Connection` is the model).
+
+Bytes and fds go in (`receive_data`, or straight into `buffer` and then
+`process`), messages to send come out (`take_output`); the I/O edge
+(`server/connection.py`) alone reads and writes the socket and arms a timer for
+`deadline`.  A device's DMA_READ / DMA_WRITE to the client is a request in the
+output and a continuation kept here: the reply resumes it (or the deadline, or
+the end of the session, fails it).  Nothing here blocks or waits.
 
 The peer is untrusted.  Every length, offset, index, count and fd is checked
 before use; a bad message is answered with the errno libvfio-user gives (or
 dropped silently when it carried NO_REPLY) and the session keeps serving.
 Every fd received is either owned by something (DMA window, IRQ wiring) or
-closed before the next message is read.
+closed before the next message is handled.
 """
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 import errno
 import logging
-import select
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from vfu_platform import vfio_abi
-from vfu_platform.dma import DmaMapError, DmaMapTable
-from vfu_platform.errors import BackendError, DmaError
+from vfu_platform.backends.base import Scheduler
+from vfu_platform.bridge.irq_set import validate_irq_set
+from vfu_platform.counters import Counters
+from vfu_platform.dma import DmaDone, DmaMapError, DmaMapTable
+from vfu_platform.errors import DmaError, VfuError
 from vfu_platform.fds import close_quietly as _close_quietly
 from vfu_platform.protocol import messages as m
 from vfu_platform.protocol.caps import Capabilities
@@ -27,8 +38,12 @@ from vfu_platform.protocol.codec import encode, encode_error, encode_reply
 from vfu_platform.protocol.constants import (
     COMMAND_NAMES,
     DEFAULT_MAX_DATA_XFER_SIZE,
+    DEFAULT_MAX_DMA_MAPS,
     DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_PGSIZES,
+    DMA_REQUEST_TIMEOUT,
     HEADER_SIZE,
+    MAX_ABANDONED_REQUESTS,
     QEMU_MAX_MSG_FDS,
     VERSION_MAJOR,
     VERSION_MINOR,
@@ -36,12 +51,9 @@ from vfu_platform.protocol.constants import (
     MsgFlags,
 )
 from vfu_platform.protocol.errors import FramingError, ProtocolError
-from vfu_platform.protocol.framing import Frame
+from vfu_platform.protocol.framing import ReceiveBuffer
 from vfu_platform.protocol.header import HEADER, Header
 from vfu_platform.server.device_api import ClientContext, ServedDevice
-from vfu_platform.server.loop import EventLoop, TimerHandle
-from vfu_platform.trace import Tracer
-from vfu_platform.transport import Channel, ConnectionClosed
 
 log = logging.getLogger("vfu_platform.session")
 
@@ -50,9 +62,25 @@ _ACCESS_MESSAGE = HEADER_SIZE + _ACCESS.size
 _READ_REPLY_HEAD = struct.Struct("<HHIII" + _ACCESS.format.lstrip("<"))
 _REPLY_FLAGS = int(MsgFlags.TYPE_REPLY)
 _NO_REPLY = int(MsgFlags.NO_REPLY)
+_TYPE_MASK = int(MsgFlags.TYPE_REPLY)  # the type field: 0 command, 1 reply
 _REGION_READ = int(Command.REGION_READ)
+_REGION_WRITE = int(Command.REGION_WRITE)
 _DMA_BUF_FEATURE = 11  # VFIO_DEVICE_FEATURE_DMA_BUF: QEMU 11 asks, ENOTTY means "not supported"
-_HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
+_VALUE_SIZES = (1, 2, 4, 8)  # accesses whose value the observer is told
+
+
+class MessageObserver(Protocol):
+    """The one hook that sees every message (a `Tracer`, a `-vv` log, or both behind one object)."""
+
+    def message(self, direction: str, header: Header, nfds: int, error: int = 0, note: str = "", *,
+                region: int | None = None, offset: int | None = None, count: int | None = None,
+                value: int | None = None) -> None: ...
+
+    def event(self, event: str, **fields: Any) -> None: ...
+
+
+#: one message to send: its bytes and the fds that travel with them
+Outgoing = tuple[bytes, tuple[int, ...]]
 
 
 class SessionState(enum.Enum):
@@ -66,10 +94,10 @@ class SessionOptions:
         self,
         max_data_xfer_size: int = DEFAULT_MAX_DATA_XFER_SIZE,
         max_msg_fds: int = QEMU_MAX_MSG_FDS,
-        max_dma_maps: int = 65535,
-        pgsizes: int = 4096,
+        max_dma_maps: int = DEFAULT_MAX_DMA_MAPS,
+        pgsizes: int = DEFAULT_PGSIZES,
         write_multiple: bool = True,
-        dma_timeout: float = 5.0,
+        dma_timeout: float = DMA_REQUEST_TIMEOUT,
         message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
     ) -> None:
         self.max_data_xfer_size = max_data_xfer_size
@@ -92,38 +120,65 @@ class SessionOptions:
         return self.max_data_xfer_size + HEADER_SIZE + _ACCESS.size
 
 
+@dataclass(slots=True)
+class _DmaTransfer:
+    """One device DMA through the client, split in requests of at most the negotiated size."""
+
+    command: int
+    done: DmaDone
+    first_id: int  # msg id of the first request; the others follow in order
+    sizes: list[int]  # byte count of each request
+    parts: list[bytes | None] = field(default_factory=list)  # what each DMA_READ brought
+    waiting: set[int] = field(default_factory=set)  # msg ids not answered yet
+    deadline: float = 0.0
+    finished: bool = False
+
+
 class Session:
+    """A vfio-user client connection's protocol state; see the module docstring."""
+
     def __init__(
         self,
-        channel: Channel,
         device: ServedDevice,
-        loop: EventLoop,
+        scheduler: Scheduler,
         options: SessionOptions | None = None,
-        tracer: Tracer | None = None,
+        observer: MessageObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.channel = channel
         self.device = device
-        self.loop = loop
+        #: lent to the device while the client is attached (timers, fd watches): never used here
+        self.scheduler = scheduler
         self.options = options or SessionOptions()
-        self.tracer = tracer
+        self.observer = observer
+        self.clock = clock
         self.state = SessionState.AWAIT_VERSION
         self.client_caps = Capabilities()
+        #: the receive side: the edge receives into it (or `receive_data` copies into it)
+        self.buffer = ReceiveBuffer(self.options.max_message_size)
         self.dma = DmaMapTable(self.options.max_dma_maps)
         self.dma.remote_read = self._remote_dma_read
         self.dma.remote_write = self._remote_dma_write
-        self._next_request_id = 0x8000  # our requests' ids: apart from QEMU's low counter, purely cosmetic
-        self._replies: dict[int, tuple[Header, bytes]] = {}
-        self._waiting: set[int] = set()
-        #: ids of our requests whose wait ended without a reply: a late reply is dropped, not refused
-        self._abandoned: set[int] = set()
-        self._stall_timer: TimerHandle | None = None
-        self._stall_mark = -1  # stream position when the stall timer was armed
-        #: called once when the session closes (the listener admits a waiting client)
+        #: messages to send, in order; the edge takes them with `take_output`
+        self.outbox: list[Outgoing] = []
+        #: called when output is queued outside `process` (a device's DMA from its own timer)
+        self.on_output: Callable[[], None] | None = None
+        #: called once when the session closes
         self.on_close: Callable[[Session], None] | None = None
         self.closed_reason = ""
-        self.counters: dict[str, int] = {}
+        self._counters = Counters()
+        #: REGION_READ / REGION_WRITE handled on the hot path, folded into `counters` when read
+        self._fast_reads = 0
+        self._fast_writes = 0
+        self._processing = False
+        self._truncated_fds = False
+        self._next_request_id = 0x8000  # our requests' ids: apart from QEMU's low counter, purely cosmetic
+        self._transfers: dict[int, _DmaTransfer] = {}  # request msg id -> its transfer
+        #: ids of our requests that ended without a reply: a late reply is dropped, not refused
+        self._abandoned: dict[int, None] = {}
+        self._stall_deadline: float | None = None
+        self._stall_mark = -1  # stream position when the stall deadline was set
         self._region_sizes: list[int] = []  # filled by start()
-        self._handlers = {
+        self._handlers: dict[int, Callable[[Header, memoryview, list[int]], None]] = {
             Command.VERSION: self._version,
             Command.DMA_MAP: self._dma_map,
             Command.DMA_UNMAP: self._dma_unmap,
@@ -150,157 +205,202 @@ class Session:
     def stalled(self) -> bool:
         """Not negotiated yet, or in the middle of a message: may be dropped within message_timeout."""
         return self.state is SessionState.AWAIT_VERSION or (
-            self.state is SessionState.READY and self.channel.buffer.buffered > 0)
+            self.state is SessionState.READY and self.buffer.buffered > 0)
+
+    @property
+    def counters(self) -> Counters:
+        """Per-command and event counts of this client."""
+        if self._fast_reads or self._fast_writes:
+            self._counters.bump("REGION_READ", self._fast_reads)
+            self._counters.bump("REGION_WRITE", self._fast_writes)
+            self._counters.values = {k: v for k, v in self._counters.values.items() if v}
+            self._fast_reads = self._fast_writes = 0
+        return self._counters
+
+    @property
+    def dma_pending(self) -> int:
+        """Device DMA transfers waiting for the client's reply."""
+        return len({id(t) for t in self._transfers.values()})
 
     def start(self) -> None:
+        """The client is connected: lend the device its context; VERSION is due within message_timeout."""
         # Region sizes never change while a device is served: the hot path reads them from here.
         num_regions = self.device.device_info()[1]
         self._region_sizes = [self.device.region_size(i) for i in range(num_regions)]
-        self.device.client_attached(ClientContext(self.dma, self.loop, self.tracer))
-        self.loop.add_reader(self.channel.fileno(), self._on_readable)
-        self._arm_stall_timer()  # VERSION is due within message_timeout
+        self.device.client_attached(ClientContext(self.dma, self.scheduler, self.observer))  # type: ignore[arg-type]
+        self._stall_deadline, self._stall_mark = self.clock() + self.options.message_timeout, 0
 
     def close(self, reason: str) -> None:
-        """Client gone (or dropped): release its DMA windows and fds; keep device state."""
+        """Client gone (or dropped): fail its DMA, release its windows and fds; keep device state."""
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
         self.closed_reason = reason
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        self.loop.remove_reader(self.channel.fileno())
+        self._stall_deadline = None
+        # The outbox is kept: replies to the messages before the one that closed the session
+        # (framing lost in mid-stream) are still the client's; the edge sends what it can.
         try:
+            self._fail_transfers(errno.ENOTCONN, "the client is gone")
             self.device.client_lost()
         finally:
             self.dma.unmap_all()
-            self.channel.close()
+            self.buffer.discard()
         log.info("client gone: %s", reason)
-        if self.tracer:
-            self.tracer.event("client-gone", reason=reason)
+        if self.observer:
+            self.observer.event("client-gone", reason=reason)
         callback, self.on_close = self.on_close, None
         self._handlers.clear()  # no reference cycles keep a closed session (and its device refs) alive
-        self.dma.remote_read = self.dma.remote_write = None  # type: ignore[assignment]
+        self.dma.remote_read = self.dma.remote_write = None
+        self.on_output = None
         if callback is not None:
             callback(self)
 
-    def _on_readable(self) -> None:
+    def connection_lost(self, reason: str) -> None:
+        """The edge saw the stream end (EOF, reset, a send that failed)."""
+        self.close(reason)
+
+    # ------------------------------------------------------------ input / output
+    def receive_data(self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Take bytes (and the fds received with them) and handle every whole message in them."""
+        if self.state is SessionState.CLOSED:
+            for fd in fds:
+                _close_quietly(fd)
+            return
+        try:
+            self.buffer.feed(data, fds)
+        except FramingError as exc:
+            self._framing_lost(exc)
+            return
+        self.process()
+
+    def take_output(self) -> list[Outgoing]:
+        """The messages to send, in order (the caller sends them; fds stay owned by their owner)."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def process(self, truncated_fds: bool = False) -> None:
+        """Handle every whole message in `buffer` (after the edge received into it)."""
         if self.state is SessionState.CLOSED:
             return
-        channel = self.channel
-        buffer = channel.buffer
+        if truncated_fds:
+            self._truncated_fds = True  # the next message is answered EFAULT
+        buffer = self.buffer
+        self._processing = True
         try:
-            channel.receive()
             while self.state is not SessionState.CLOSED:
-                # The hot path: whole REGION_READ / REGION_WRITE messages, no fds, no tracer.
-                if self.state is SessionState.READY and self.tracer is None and not channel.truncated_fds:
-                    access = buffer.take_access()
-                    if access is not None:
-                        self._fast_access(*access)
+                plain = buffer.next_plain()
+                if plain is not None:
+                    msg_id, command, size, flags, error, start = plain
+                    if ((command == _REGION_READ or command == _REGION_WRITE) and not flags & ~_NO_REPLY
+                            and self.observer is None and self.state is SessionState.READY
+                            and not self._truncated_fds):
+                        # The hot path: a plain access, handled straight from the receive buffer.
+                        if command == _REGION_READ:
+                            self._fast_reads += 1
+                        else:
+                            self._fast_writes += 1
+                        try:
+                            self._access(msg_id, command, flags, buffer.data, start + HEADER_SIZE, size - HEADER_SIZE)
+                        except Exception as exc:
+                            self._report(Header(msg_id, command, size, flags, error), exc)
                         continue
+                    self._dispatch(Header(msg_id, command, size, flags, error),
+                                   memoryview(buffer.data)[start + HEADER_SIZE : start + size], [])
+                    continue
                 frame = buffer.next_message()
                 if frame is None:
                     break
-                try:
-                    self._dispatch(frame)
-                finally:
-                    buffer.release()
-        except ConnectionClosed as exc:
-            self.close(f"connection closed ({exc})")
-            return
+                self._dispatch(*frame)
         except FramingError as exc:
-            log.warning("dropping client: %s", exc)
-            self.close(f"framing error: {exc}")
+            self._framing_lost(exc)
             return
+        finally:
+            self._processing = False
+        if self.state is not SessionState.CLOSED:
+            self._update_stall_deadline()
+
+    def _framing_lost(self, exc: FramingError) -> None:
+        log.warning("dropping client: %s", exc)
+        self.close(f"framing error: {exc}")
+
+    def _send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         if self.state is SessionState.CLOSED:
             return
+        self.outbox.append((data, fds))
+        if not self._processing and self.on_output is not None:
+            self.on_output()
+
+    # ------------------------------------------------------------ time
+    @property
+    def deadline(self) -> float | None:
+        """When `handle_timeout` is due next (clock time), or None."""
+        when = self._stall_deadline
+        for transfer in self._transfers.values():
+            if when is None or transfer.deadline < when:
+                when = transfer.deadline
+        return when
+
+    def handle_timeout(self) -> None:
+        """Drop a client stalled for message_timeout; fail DMA the client did not answer in time."""
+        if self.state is SessionState.CLOSED:
+            return
+        now = self.clock()
+        for transfer in list(self._transfers.values()):
+            if not transfer.finished and transfer.deadline <= now:
+                ids = sorted(transfer.waiting)
+                self._finish(transfer, DmaError(errno.ETIMEDOUT, f"no reply to {COMMAND_NAMES[transfer.command]} "
+                                                f"(id {ids[0] if ids else '?'}) in {self.options.dma_timeout:g} s"))
+        if self._stall_deadline is not None and self._stall_deadline <= now:
+            self._stall_deadline = None
+            self._on_stall(now)
+
+    def _update_stall_deadline(self) -> None:
+        buffer = self.buffer
         if buffer.buffered:
             # Part of a message is here: the rest is due within message_timeout of its start.
-            if self._stall_timer is None or (buffer.position != self._stall_mark
-                                             and self.state is SessionState.READY):
-                self._arm_stall_timer()  # (before VERSION the deadline stays the one from connecting)
-        elif self._stall_timer is not None and self.state is SessionState.READY:
-            self._stall_timer.cancel()  # nothing pending: an idle client is no stalled one
-            self._stall_timer = None
+            # (Before VERSION the deadline stays the one from connecting.)
+            if self._stall_deadline is None or (buffer.position != self._stall_mark
+                                                and self.state is SessionState.READY):
+                self._stall_deadline = self.clock() + self.options.message_timeout
+                self._stall_mark = buffer.position
+        elif self.state is SessionState.READY:
+            self._stall_deadline = None  # nothing pending: an idle client is no stalled one
 
-    # ------------------------------------------------------------ stalled clients
-    def _arm_stall_timer(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-        self._stall_mark = self.channel.buffer.position
-        self._stall_timer = self.loop.call_later(self.options.message_timeout, self._on_stall_timer)
-
-    def _on_stall_timer(self) -> None:
-        self._stall_timer = None
-        if self.state is SessionState.CLOSED:
-            return
-        buffer = self.channel.buffer
+    def _on_stall(self, now: float) -> None:
+        buffer = self.buffer
         timeout = self.options.message_timeout
         if self.state is SessionState.AWAIT_VERSION:
-            self._drop_stalled(f"no VERSION within {timeout:g} s of connecting"
+            self.drop_stalled(f"no VERSION within {timeout:g} s of connecting"
                                + (f" ({buffer.buffered} bytes of a message received)" if buffer.buffered else ""))
         elif buffer.buffered and buffer.position == self._stall_mark:
-            self._drop_stalled(f"a message stayed incomplete for {timeout:g} s ({buffer.buffered} bytes received)")
+            self.drop_stalled(f"a message stayed incomplete for {timeout:g} s ({buffer.buffered} bytes received)")
         elif buffer.buffered:
-            self._arm_stall_timer()  # messages went through meanwhile: time the one now in progress
+            # Messages went through meanwhile: time the one now in progress.
+            self._stall_deadline, self._stall_mark = now + timeout, buffer.position
 
-    def _drop_stalled(self, why: str) -> None:
-        self._bump("stalled-clients")
+    def drop_stalled(self, why: str) -> None:
+        """Drop the client as stalled (counted, logged with `why`)."""
+        self.counters.bump("stalled-clients")
         log.warning("dropping a stalled client: %s", why)
         self.close(f"stalled: {why}")
 
-    def peer_hung_up(self) -> bool:
-        """True if the client has closed (or shut down) its end: what it sent is all there will be."""
-        if self.state is SessionState.CLOSED:
-            return True
-        poller = select.poll()
-        poller.register(self.channel.fileno(), select.POLLIN | select.POLLRDHUP)
-        return any(mask & _HANGUP for _fd, mask in poller.poll(0))
-
-    def finish_if_hung_up(self) -> bool:
-        """A client that hung up: handle what it sent before going, then close.  True if closed.
-
-        The listener asks before it refuses a new connection: a client that closed and
-        reconnected at once has its last messages and its EOF still queued, and must not
-        be taken for a second client.
-        """
-        if not self.peer_hung_up():
-            return self.state is SessionState.CLOSED
-        deadline = time.monotonic() + self.options.message_timeout
-        while self.state is not SessionState.CLOSED and time.monotonic() < deadline:
-            self._on_readable()  # each call reads once; a hung-up peer's stream ends in EOF
-        if self.state is not SessionState.CLOSED:
-            self.close("client hung up")
-        return True
-
-    def _fast_access(self, msg_id: int, command: int, size: int, flags: int, start: int) -> None:
-        """REGION_READ / REGION_WRITE straight from the receive buffer, without frame objects."""
-        try:
-            self._access(msg_id, command, flags, self.channel.buffer.data, start + HEADER_SIZE, size - HEADER_SIZE)
-        except Exception as exc:
-            self._report(Header(msg_id, command, size, flags, 0), exc)
-
     # ------------------------------------------------------------ dispatch
-    def _bump(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
-
-    def _dispatch(self, frame: Frame) -> None:
-        header, body, fds = frame
+    def _dispatch(self, header: Header, body: memoryview | None, fds: list[int]) -> None:
         try:
-            if header.msg_type == MsgFlags.TYPE_REPLY:
+            if header.flags & _TYPE_MASK == _REPLY_FLAGS:
                 self._on_reply(header, body)
                 return
-            self._bump(COMMAND_NAMES.get(header.command, "UNKNOWN"))
-            if self.tracer:
-                self.tracer.message("in", header, len(fds))
-            if self.channel.truncated_fds:
-                self.channel.truncated_fds = False
+            self.counters.bump(COMMAND_NAMES.get(header.command, "UNKNOWN"))
+            if self.observer:
+                self._observe_in(header, body, len(fds))
+            if self._truncated_fds:
+                self._truncated_fds = False
                 raise ProtocolError(errno.EFAULT, "file descriptors were truncated in transit")
             if header.msg_type != MsgFlags.TYPE_COMMAND:
                 raise ProtocolError.invalid(f"bad message type {header.msg_type}")
             if body is None:
                 raise ProtocolError.invalid(
-                    f"message size {header.size} exceeds the maximum {self.channel.buffer.max_message_size}"
+                    f"message size {header.size} exceeds the maximum {self.buffer.max_message_size}"
                 )
             if len(fds) > self.options.max_msg_fds:
                 raise ProtocolError.invalid(f"{len(fds)} fds in one message, at most {self.options.max_msg_fds}")
@@ -319,22 +419,35 @@ class Session:
                 _close_quietly(fd)
             fds.clear()
 
+    def _observe_in(self, header: Header, body: memoryview | None, nfds: int) -> None:
+        """Tell the observer of a request; accesses with their region, offset, count and value."""
+        assert self.observer is not None
+        command = header.command
+        if body is not None and command in (_REGION_READ, _REGION_WRITE) and len(body) >= _ACCESS.size:
+            offset, region, count = _ACCESS.unpack_from(body, 0)
+            value = None
+            if command == _REGION_WRITE and count in _VALUE_SIZES and len(body) == _ACCESS.size + count:
+                value = int.from_bytes(body[_ACCESS.size :], "little")
+            self.observer.message("in", header, nfds, region=region, offset=offset, count=count, value=value)
+        else:
+            self.observer.message("in", header, nfds)
+
     def _report(self, header: Header, exc: Exception) -> None:
         """Answer a failed message with its errno (call from the except block)."""
-        if isinstance(exc, (ProtocolError, BackendError, DmaMapError)):
+        if isinstance(exc, VfuError):
             self._fail(header, exc.errno, str(exc))
         else:  # a bug must not take the session down
             log.exception("internal error handling %s", COMMAND_NAMES.get(header.command, header.command))
             self._fail(header, errno.EIO, f"internal error: {exc!r}")
 
     def _fail(self, header: Header, errno_value: int, message: str) -> None:
-        self._bump("errors")
+        self.counters.bump("errors")
         name = COMMAND_NAMES.get(header.command, str(header.command))
         log.info("%s (id %d) failed: %s [%s]", name, header.msg_id, message, errno.errorcode.get(errno_value, errno_value))
-        if self.tracer:
-            # A NO_REPLY failure is answered by nothing: trace it as "dropped", not as a reply sent.
+        if self.observer:
+            # A NO_REPLY failure is answered by nothing: observed as "dropped", not as a reply sent.
             direction = "dropped" if header.no_reply else "out"
-            self.tracer.message(direction, header, 0, error=errno_value, note=message)
+            self.observer.message(direction, header, 0, error=errno_value, note=message)
         if not header.no_reply:
             self._send(encode_error(header.msg_id, header.command, errno_value))
 
@@ -342,17 +455,9 @@ class Session:
         if header.no_reply:
             return
         data = encode_reply(header.msg_id, header.command, payload)
-        if self.tracer:
-            self.tracer.message("out", Header(header.msg_id, header.command, len(data), _REPLY_FLAGS, 0), len(fds))
+        if self.observer:
+            self.observer.message("out", Header(header.msg_id, header.command, len(data), _REPLY_FLAGS, 0), len(fds))
         self._send(data, fds)
-
-    def _send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
-        if self.state is SessionState.CLOSED:  # gone while the message was handled (a DMA wait)
-            return
-        try:
-            self.channel.send(data, fds)
-        except ConnectionClosed as exc:
-            self.close(f"connection closed while replying ({exc})")
 
     # ------------------------------------------------------------ negotiation
     def _version(self, header: Header, body: memoryview, fds: list[int]) -> None:
@@ -406,7 +511,7 @@ class Session:
                 self.dma.unmap(request.address, request.size)
             except DmaMapError as exc:
                 # QEMU behind a vIOMMU unmaps ranges it never mapped: answer, quietly.
-                self._bump("unmap-not-found")
+                self.counters.bump("unmap-not-found")
                 if not header.no_reply:
                     self._send(encode_error(header.msg_id, header.command, exc.errno))
                 return
@@ -511,8 +616,12 @@ class Session:
                 return
             size = _ACCESS_MESSAGE
             reply = HEADER.pack(msg_id, command, size, _REPLY_FLAGS, 0) + echo
-        if self.tracer:
-            self.tracer.message("out", Header(msg_id, command, size, _REPLY_FLAGS, 0), 0)
+        if self.observer:
+            value = None
+            if command == _REGION_READ and count in _VALUE_SIZES:
+                value = int.from_bytes(payload, "little")
+            self.observer.message("out", Header(msg_id, command, size, _REPLY_FLAGS, 0), 0,
+                                  region=region, offset=offset, count=count, value=value)
         self._send(reply)
 
     def _write_multi(self, header: Header, body: memoryview, fds: list[int]) -> None:
@@ -546,108 +655,109 @@ class Session:
 
     # ------------------------------------------------------------ server -> client DMA
     def _on_reply(self, header: Header, body: memoryview | None) -> None:
-        if header.msg_id in self._waiting:
-            self._replies[header.msg_id] = (header, b"" if body is None else bytes(body))
-            if self.tracer:
-                self.tracer.message("in", header, 0, error=header.error)
+        transfer = self._transfers.pop(header.msg_id, None)
+        if transfer is not None:
+            if self.observer:
+                self.observer.message("in", header, 0, error=header.error)
+            transfer.waiting.discard(header.msg_id)
+            if not transfer.finished:
+                self._transfer_answered(transfer, header, b"" if body is None else bytes(body))
         elif header.msg_id in self._abandoned:
             # The late reply to one of our own DMA requests: answering it would confuse the client.
-            self._abandoned.discard(header.msg_id)
-            self._bump("late-replies")
+            del self._abandoned[header.msg_id]
+            self.counters.bump("late-replies")
             log.warning("dropping a late reply (id %d) to a request that timed out", header.msg_id)
         else:
             # A "reply" nobody asked for is a malformed request: EINVAL, as libvfio-user answers
             # (its test_unsolicited_reply), unless the client asked for no reply.
-            self._bump("unexpected-replies")
-            if self.tracer:
-                self.tracer.message("in", header, 0, error=header.error)
+            self.counters.bump("unexpected-replies")
+            if self.observer:
+                self.observer.message("in", header, 0, error=header.error)
             self._fail(header, errno.EINVAL, f"unsolicited reply (id {header.msg_id})")
 
-    def _request(self, command: int, payload: bytes) -> tuple[Header, bytes]:
-        if self.closed:
-            raise DmaError(errno.ENOTCONN, "no client")
-        msg_id = self._next_request_id
-        self._next_request_id = (self._next_request_id + 1) & 0xFFFF
-        self._waiting.add(msg_id)
+    def _transfer_answered(self, transfer: _DmaTransfer, header: Header, body: bytes) -> None:
+        name = COMMAND_NAMES[transfer.command]
+        if header.is_error:
+            self._finish(transfer, DmaError(header.error or errno.EIO,
+                                            f"client answered {name} with error {header.error}"))
+            return
+        if transfer.command == Command.DMA_READ:
+            index, expected = self._part_of(transfer, header.msg_id)
+            try:
+                reply = m.DmaAccess.unpack(body)
+            except ProtocolError as exc:
+                self._finish(transfer, DmaError(errno.EIO, f"{name} reply: {exc}"))
+                return
+            if len(reply.data) != expected:
+                self._finish(transfer, DmaError(errno.EIO, f"{name} reply carries {len(reply.data)} of {expected} bytes"))
+                return
+            transfer.parts[index] = reply.data
+        if not transfer.waiting:
+            self._finish(transfer, b"".join(part or b"" for part in transfer.parts))
+
+    def _part_of(self, transfer: _DmaTransfer, msg_id: int) -> tuple[int, int]:
+        """(chunk index, byte count) of request `msg_id` in a read transfer."""
+        index = (msg_id - transfer.first_id) & 0xFFFF
+        return index, transfer.sizes[index]
+
+    def _finish(self, transfer: _DmaTransfer, result: bytes | DmaError) -> None:
+        """End a transfer once: forget its outstanding requests, resume the device."""
+        transfer.finished = True
+        for msg_id in transfer.waiting:
+            self._transfers.pop(msg_id, None)
+            self._abandon(msg_id)
+        transfer.waiting.clear()
+        if isinstance(result, DmaError):
+            self.counters.bump("dma-request-errors")
+            log.info("device DMA through the client failed: %s", result)
         try:
-            data = encode(msg_id, command, payload)
-            if self.tracer:
-                self.tracer.message("out", Header(msg_id, command, len(data), 0, 0), 0)
-            self._send(data)
-            arrived = self.loop.run_until(lambda: msg_id in self._replies or self.closed, self.options.dma_timeout)
-            if msg_id not in self._replies:
-                raise DmaError(errno.ENOTCONN if self.closed else errno.ETIMEDOUT,
-                               f"no reply to {COMMAND_NAMES[command]} (id {msg_id})" + ("" if arrived else " in time"))
-            reply_header, reply_body = self._replies.pop(msg_id)
-        except BaseException:
-            if len(self._abandoned) >= 64:  # bounded: the oldest are forgotten
-                self._abandoned.pop()
-            self._abandoned.add(msg_id)
-            raise
-        finally:
-            self._waiting.discard(msg_id)
-        if reply_header.is_error:
-            raise DmaError(reply_header.error or errno.EIO, f"client answered {COMMAND_NAMES[command]} with error {reply_header.error}")
-        return reply_header, reply_body
+            transfer.done(result)
+        except Exception:  # a device's continuation must not take the session down
+            log.exception("DMA continuation %r failed", transfer.done)
+
+    def _abandon(self, msg_id: int) -> None:
+        if len(self._abandoned) >= MAX_ABANDONED_REQUESTS:  # bounded: the oldest are forgotten
+            del self._abandoned[next(iter(self._abandoned))]
+        self._abandoned[msg_id] = None
+
+    def _fail_transfers(self, errno_value: int, why: str) -> None:
+        for transfer in list(self._transfers.values()):
+            if not transfer.finished:
+                self._finish(transfer, DmaError(errno_value, f"{COMMAND_NAMES[transfer.command]}: {why}"))
+        self._transfers.clear()
 
     def _dma_chunk(self) -> int:
         return min(self.options.max_data_xfer_size, self.client_caps.effective_max_data_xfer_size())
 
-    def _remote_dma_read(self, iova: int, size: int) -> bytes:
-        out = bytearray()
+    def _start_transfer(self, command: int, requests: list[bytes], sizes: list[int], done: DmaDone) -> None:
+        """Send a transfer's requests (all at once: the client answers them in order) and keep its continuation."""
+        if self.state is not SessionState.READY:
+            done(DmaError(errno.ENOTCONN, f"{COMMAND_NAMES[command]}: no negotiated client"))
+            return
+        transfer = _DmaTransfer(command, done, self._next_request_id, sizes, [None] * len(requests),
+                                deadline=self.clock() + self.options.dma_timeout)
+        for payload in requests:
+            msg_id = self._next_request_id
+            self._next_request_id = (msg_id + 1) & 0xFFFF
+            data = encode(msg_id, command, payload)
+            transfer.waiting.add(msg_id)
+            self._transfers[msg_id] = transfer
+            if self.observer:
+                self.observer.message("out", Header(msg_id, command, len(data), 0, 0), 0)
+            self._send(data)
+        if not transfer.waiting:  # a zero-length transfer
+            self._finish(transfer, b"")
+
+    def _remote_dma_read(self, iova: int, size: int, done: DmaDone) -> None:
         chunk = self._dma_chunk()
-        for start in range(iova, iova + size, chunk):
-            count = min(chunk, iova + size - start)
-            _h, body = self._request(Command.DMA_READ, m.DmaAccess(start, count).pack())
-            reply = m.DmaAccess.unpack(body)
-            if len(reply.data) != count:
-                raise DmaError(errno.EIO, f"DMA_READ reply carries {len(reply.data)} of {count} bytes")
-            out += reply.data
-        return bytes(out)
+        starts = range(iova, iova + size, chunk)
+        sizes = [min(chunk, iova + size - start) for start in starts]
+        self._start_transfer(Command.DMA_READ, [m.DmaAccess(start, count).pack() for start, count in zip(starts, sizes)],
+                             sizes, done)
 
-    def _remote_dma_write(self, iova: int, data: bytes) -> None:
+    def _remote_dma_write(self, iova: int, data: bytes, done: DmaDone) -> None:
         chunk = self._dma_chunk()
-        for pos in range(0, len(data), chunk):
-            piece = data[pos : pos + chunk]
-            self._request(Command.DMA_WRITE, m.DmaAccess(iova + pos, len(piece), piece).pack())
-
-
-def validate_irq_set(request: m.IrqSet, nfds: int, device: ServedDevice) -> None:
-    """libvfio-user's SET_IRQS checks, in its order (protocol brief 4.5)."""
-    if request.argsz < m.IrqSet.LAYOUT.size:
-        raise ProtocolError.invalid(f"SET_IRQS argsz {request.argsz}")
-    data_type, action = request.data_type, request.action
-    if data_type == vfio_abi.IRQ_SET_DATA_BOOL and len(request.data) != request.count:
-        raise ProtocolError.invalid(f"SET_IRQS DATA_BOOL with {len(request.data)} bytes for count {request.count}")
-    num_irqs = device.device_info()[2]
-    if request.index >= num_irqs:
-        raise ProtocolError.invalid(f"SET_IRQS index {request.index} does not exist")
-    if action not in (vfio_abi.IRQ_SET_ACTION_MASK, vfio_abi.IRQ_SET_ACTION_UNMASK, vfio_abi.IRQ_SET_ACTION_TRIGGER):
-        raise ProtocolError.invalid(f"SET_IRQS flags {request.flags:#x}: not exactly one action")
-    if data_type not in (vfio_abi.IRQ_SET_DATA_NONE, vfio_abi.IRQ_SET_DATA_BOOL, vfio_abi.IRQ_SET_DATA_EVENTFD):
-        raise ProtocolError.invalid(f"SET_IRQS flags {request.flags:#x}: not exactly one data type")
-    if request.flags & ~(vfio_abi.IRQ_SET_DATA_TYPE_MASK | vfio_abi.IRQ_SET_ACTION_TYPE_MASK):
-        raise ProtocolError.invalid(f"SET_IRQS flags {request.flags:#x}: unknown bits")
-    _flags, vectors = device.irq_info(request.index)
-    disable = request.count == 0 and request.start == 0
-    if not disable:
-        if request.start >= vectors:
-            raise ProtocolError.invalid(f"SET_IRQS start {request.start} >= {vectors} vectors")
-        if request.start + request.count > vectors:
-            raise ProtocolError.invalid(f"SET_IRQS [{request.start}, +{request.count}) past {vectors} vectors")
-    if request.index in (vfio_abi.PCI_ERR_IRQ_INDEX, vfio_abi.PCI_REQ_IRQ_INDEX):
-        if action != vfio_abi.IRQ_SET_ACTION_TRIGGER or request.count > 1:
-            raise ProtocolError.invalid("SET_IRQS on ERR/REQ: only TRIGGER of one vector")
-    if request.count == 0:
-        if request.start != 0:
-            raise ProtocolError.invalid("SET_IRQS count 0 with start != 0")
-        if not (action == vfio_abi.IRQ_SET_ACTION_TRIGGER and data_type == vfio_abi.IRQ_SET_DATA_NONE):
-            raise ProtocolError.invalid("SET_IRQS count 0 is only TRIGGER|DATA_NONE (disable)")
-    if nfds and data_type != vfio_abi.IRQ_SET_DATA_EVENTFD:
-        raise ProtocolError.invalid("SET_IRQS: fds without DATA_EVENTFD")
-    if nfds and nfds != request.count:
-        raise ProtocolError.invalid(f"SET_IRQS: {nfds} fds for count {request.count}")
-    if data_type == vfio_abi.IRQ_SET_DATA_EVENTFD and action == vfio_abi.IRQ_SET_ACTION_MASK:
-        raise ProtocolError.invalid("SET_IRQS MASK|EVENTFD is not supported")
-    if data_type == vfio_abi.IRQ_SET_DATA_EVENTFD and action == vfio_abi.IRQ_SET_ACTION_UNMASK and request.count > 1:
-        raise ProtocolError.invalid("SET_IRQS UNMASK|EVENTFD takes one vector")
+        pieces = [data[pos : pos + chunk] for pos in range(0, len(data), chunk)]
+        self._start_transfer(Command.DMA_WRITE,
+                             [m.DmaAccess(iova + i * chunk, len(piece), piece).pack() for i, piece in enumerate(pieces)],
+                             [len(piece) for piece in pieces], done)

@@ -31,15 +31,21 @@ What a model uses:
 * IRQ lines, numbered in the order added: `add_level_irq` / `set_line`,
   `add_edge_irq` / `pulse`;
 * deferred work: `defer(delay, callback)` returns a cancellable `Deferred`;
-* DMA: `dma_read` / `dma_write`, from deferred work only, never inside a
-  register callback (the server is in the middle of a message then; the base
-  refuses and records an error);
+* DMA: `dma_read(iova, size, then)` / `dma_write(iova, data, then)`, from
+  deferred work only, never inside a register callback (the server is in the
+  middle of a message then; the base refuses and records an error).  `then`
+  gets the result: at once for memory the server mapped, or when the client has
+  answered a DMA_READ/DMA_WRITE (the server keeps serving meanwhile);
 * hooks to override: `on_reset` (power-on state), `status` (extend the
   snapshot), `control(words)` (host-side commands, one reply line starting with
   "ok" or "error:"), `guest_devices()` (how a guest instantiates the device:
   `GuestDevice`, `GuestRegion`, `GuestIrq`, `Bind`, `Trigger`, `U64`);
 * class attributes: `name`, `compatible`, `ack_registers` (`AckRegister`: a
-  write that is an exact EOI), `irq_regions` (never mmapped);
+  write that is an exact EOI), `irq_regions` (never mmapped), and the PCI
+  identity the bridge gives the function: `pci_vendor`, `pci_device`,
+  `pci_class` (24-bit class code).  A model without its own `pci_device` is
+  served as 1234:56ff class ff0000, a device id reserved for unidentified
+  models, with a warning naming it (`identity`);
 * bookkeeping: `counters.bump(name)`, `record_error(message)`.
 
 The base supplies the VFIO side (region and IRQ info, trigger eventfds,
@@ -74,6 +80,7 @@ from vfu_platform.backends.base import (
     RegionInfo,
 )
 from vfu_platform.backends.guest import U64, Bind, GuestDevice, GuestIrq, GuestRegion, PropertyValue, Trigger
+from vfu_platform.backends.sim.identity import DEFAULT_PCI_CLASS, DEFAULT_PCI_VENDOR, UNIDENTIFIED_PCI_DEVICE
 from vfu_platform.backends.sim.lines import IrqLines, LineKind
 from vfu_platform.backends.sim.memory import MemoryRegion
 from vfu_platform.backends.sim.registers import ReadCallback, RegisterRegion, WriteCallback
@@ -101,6 +108,11 @@ class SimDevice(DeviceBackend):
     """Base class of simulated platform devices; see the module docstring."""
 
     device_flags = vfio_abi.DEVICE_FLAGS_PLATFORM | vfio_abi.DEVICE_FLAGS_RESET
+    #: PCI identity of the function the bridge makes of the model (override all three);
+    #: the defaults are the reserved "unidentified model" identity (see `identity`)
+    pci_vendor: int = DEFAULT_PCI_VENDOR
+    pci_device: int = UNIDENTIFIED_PCI_DEVICE
+    pci_class: int = DEFAULT_PCI_CLASS
     #: how many recent errors `errors` keeps
     max_errors: int = 64
 
@@ -197,32 +209,45 @@ class SimDevice(DeviceBackend):
             raise BackendError(errno.ENODEV, f"{self.name}: device is closed")
         return self._work.add(delay, callback)
 
-    def dma_read(self, iova: int, size: int) -> bytes | None:
-        """Read client memory; None (and an error recorded) when it cannot be done."""
+    def dma_read(self, iova: int, size: int, then: Callable[[bytes | None], None]) -> None:
+        """Read client memory, then call `then(data)`: None (and an error recorded) if it failed.
+
+        `then` runs at once for memory the server has mapped, and when the client has
+        answered for memory it reaches through messages (the server never waits).
+        """
         context = self._dma_context("read", iova, size)
         if context is None:
-            return None
-        try:
-            data = context.dma.read(iova, size)
-        except DmaError as exc:
-            self._dma_failed(f"DMA read of {size} bytes at {iova:#x} failed: {exc}")
-            return None
-        if len(data) != size:
-            self._dma_failed(f"DMA read of {size} bytes at {iova:#x} returned {len(data)}")
-            return None
-        return bytes(data)
+            then(None)
+            return
 
-    def dma_write(self, iova: int, data: bytes) -> bool:
-        """Write client memory; False (and an error recorded) when it cannot be done."""
+        def done(result: bytes | DmaError) -> None:
+            if isinstance(result, DmaError):
+                self._dma_failed(f"DMA read of {size} bytes at {iova:#x} failed: {result}")
+                then(None)
+            elif len(result) != size:
+                self._dma_failed(f"DMA read of {size} bytes at {iova:#x} returned {len(result)}")
+                then(None)
+            else:
+                then(bytes(result))
+
+        context.dma.read_then(iova, size, done)
+
+    def dma_write(self, iova: int, data: bytes, then: Callable[[bool], None] | None = None) -> None:
+        """Write client memory, then call `then(ok)`: False (and an error recorded) if it failed."""
         context = self._dma_context("write", iova, len(data))
         if context is None:
-            return False
-        try:
-            context.dma.write(iova, data)
-        except DmaError as exc:
-            self._dma_failed(f"DMA write of {len(data)} bytes at {iova:#x} failed: {exc}")
-            return False
-        return True
+            if then is not None:
+                then(False)
+            return
+
+        def done(result: bytes | DmaError) -> None:
+            ok = not isinstance(result, DmaError)
+            if not ok:
+                self._dma_failed(f"DMA write of {len(data)} bytes at {iova:#x} failed: {result}")
+            if then is not None:
+                then(ok)
+
+        context.dma.write_then(iova, data, done)
 
     def _dma_context(self, what: str, iova: int, size: int) -> DeviceContext | None:
         if self.context is None:

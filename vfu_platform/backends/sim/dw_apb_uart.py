@@ -159,6 +159,8 @@ class DwApbUartDevice(UartDevice):
 
     name = "dw-apb-uart"
     compatible = ("snps,dw-apb-uart",)
+    #: the vfu-platform bridge with a guest descriptor (docs/guest-descriptor.md)
+    pci_vendor, pci_device, pci_class = 0x1234, 0x5646, 0x088000
     irq_regions = frozenset({0})
 
     def __init__(self, *, port: str = "pty", clock: int = CLOCK_HZ, busy_detect: bool = False) -> None:

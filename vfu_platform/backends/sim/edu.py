@@ -3,7 +3,7 @@
 
 Register for register like QEMU's hw/misc/edu.c, with one 1 MiB trapped
 register region (index 0) and one level IRQ line (index 0) standing in for
-the PCI INTx pin:
+the PCI INTx pin (the constants are in `edu_map`, shared with the guest drivers):
 
     0x00 RO  identification 0x010000ed
     0x04 RW  liveness: reads return the inverse of the last value written
@@ -41,35 +41,32 @@ from __future__ import annotations
 
 from vfu_platform.backends.base import AckRegister
 from vfu_platform.backends.sim.device import RegisterRegion, SimDevice
-
-MMIO_SIZE = 1 << 20
-IDENTIFICATION = 0x010000ED
-
-REG_ID = 0x00
-REG_LIVENESS = 0x04
-REG_FACTORIAL = 0x08
-REG_STATUS = 0x20
-REG_IRQ_STATUS = 0x24
-REG_IRQ_RAISE = 0x60
-REG_IRQ_ACK = 0x64
-REG_DMA_SRC = 0x80
-REG_DMA_DST = 0x88
-REG_DMA_COUNT = 0x90
-REG_DMA_CMD = 0x98
-
-STATUS_COMPUTING = 0x01
-STATUS_IRQFACT = 0x80
-
-FACT_IRQ = 0x001
-DMA_IRQ = 0x100
-
-DMA_CMD_RUN = 0x1
-DMA_CMD_TO_RAM = 0x2
-DMA_CMD_IRQ = 0x4
-
-DMA_BUFFER_ADDR = 0x40000
-DMA_BUFFER_SIZE = 0x1000
-DEFAULT_DMA_MASK = (1 << 28) - 1
+from vfu_platform.backends.sim.edu_map import (  # the register map, shared with the bench's drivers
+    DEFAULT_DMA_MASK,
+    DMA_BUFFER_ADDR,
+    DMA_BUFFER_SIZE,
+    DMA_CMD_IRQ,
+    DMA_CMD_RUN,
+    DMA_CMD_TO_RAM,
+    DMA_IRQ,
+    FACT_IRQ,
+    IDENTIFICATION,
+    MMIO_SIZE,
+    REG_DMA_CMD,
+    REG_DMA_COUNT,
+    REG_DMA_DST,
+    REG_DMA_SRC,
+    REG_FACTORIAL,
+    REG_ID,
+    REG_IRQ_ACK,
+    REG_IRQ_RAISE,
+    REG_IRQ_STATUS,
+    REG_LIVENESS,
+    REG_STATUS,
+    STATUS_COMPUTING,
+    STATUS_IRQFACT,
+    WIDE_ACCESS_START,
+)
 
 _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -108,6 +105,8 @@ class EduDevice(SimDevice):
 
     name = "edu"
     compatible = ("vfu-platform,edu",)
+    #: QEMU's own edu device: its driver binds to 1234:11e8
+    pci_vendor, pci_device, pci_class = 0x1234, 0x11E8, 0x00FF00
     ack_registers = (AckRegister(irq=0, region=0, offset=REG_IRQ_ACK, mask=_U32),)
     irq_regions = frozenset({0})
 
@@ -160,7 +159,7 @@ class EduDevice(SimDevice):
 
     @staticmethod
     def _size_ok(offset: int, size: int) -> bool:
-        return size == 4 or (size == 8 and offset >= 0x80)
+        return size == 4 or (size == 8 and offset >= WIDE_ACCESS_START)
 
     def _mmio_read(self, offset: int, size: int) -> int:
         if not self._size_ok(offset, size):
@@ -259,20 +258,26 @@ class EduDevice(SimDevice):
         ):
             start = buffer_addr - DMA_BUFFER_ADDR
             if to_ram:
-                done = self.dma_write(bus_addr, bytes(self.dma_buffer[start : start + count]))
+                self.dma_write(bus_addr, bytes(self.dma_buffer[start : start + count]), self._dma_done)
             else:
-                data = self.dma_read(bus_addr, count)
-                done = data is not None
-                if data is not None:
-                    self.dma_buffer[start : start + count] = data
-            if done:
-                self.counters.bump("edu.dma_transfers")
-        else:
-            self.counters.bump("dma.errors")
-            self.record_error(
-                f"edu: DMA of {count:#x} bytes at device address {buffer_addr:#x} is outside "
-                f"the buffer [{DMA_BUFFER_ADDR:#x}, {DMA_BUFFER_ADDR + DMA_BUFFER_SIZE:#x})"
-            )
+                self.dma_read(bus_addr, count, lambda data: self._dma_read_done(start, data))
+            return
+        self.counters.bump("dma.errors")
+        self.record_error(
+            f"edu: DMA of {count:#x} bytes at device address {buffer_addr:#x} is outside "
+            f"the buffer [{DMA_BUFFER_ADDR:#x}, {DMA_BUFFER_ADDR + DMA_BUFFER_SIZE:#x})"
+        )
+        self._dma_done(False)
+
+    def _dma_read_done(self, start: int, data: bytes | None) -> None:
+        if data is not None:
+            self.dma_buffer[start : start + len(data)] = data
+        self._dma_done(data is not None)
+
+    def _dma_done(self, transferred: bool) -> None:
+        """The transfer is over (done, or failed with an error recorded): RUN clears, the IRQ fires."""
+        if transferred:
+            self.counters.bump("edu.dma_transfers")
         self.dma_cmd &= ~DMA_CMD_RUN
         if self.dma_cmd & DMA_CMD_IRQ:
             self._raise(DMA_IRQ)

@@ -82,6 +82,7 @@ class GpioDevice(SimDevice):
 
     name = "gpio"
     compatible = ("vfu-platform,gpio",)
+    pci_vendor, pci_device, pci_class = 0x1234, 0x5650, 0x088000
     irq_regions = frozenset({0})
 
     def __init__(self, *, lines: int = 4, edge: bool = True, min_period_us: int = 100) -> None:

@@ -146,6 +146,8 @@ class Pl011Device(UartDevice):
     name = "pl011"
     device_flags = vfio_abi.DEVICE_FLAGS_AMBA | vfio_abi.DEVICE_FLAGS_RESET
     compatible = ("arm,pl011", "arm,primecell")
+    #: the vfu-platform bridge with a guest descriptor (docs/guest-descriptor.md)
+    pci_vendor, pci_device, pci_class = 0x1234, 0x5646, 0x088000
     irq_regions = frozenset({0})
 
     def __init__(self, *, port: str = "pty", clock: int = CLOCK_HZ) -> None:

@@ -81,6 +81,8 @@ class Pl031Device(SimDevice):
     name = "pl031"
     control_names = ("rtc",)
     compatible = ("arm,pl031", "arm,primecell")
+    #: the vfu-platform bridge with a guest descriptor (docs/guest-descriptor.md)
+    pci_vendor, pci_device, pci_class = 0x1234, 0x5646, 0x088000
     device_flags = vfio_abi.DEVICE_FLAGS_AMBA | vfio_abi.DEVICE_FLAGS_RESET
     irq_regions = frozenset({0})
     ack_registers = (AckRegister(irq=0, region=0, offset=REG_ICR, mask=INT_ALARM),)

@@ -96,6 +96,8 @@ class Pl061Device(SimDevice):
     name = "pl061"
     control_names = ("gpio",)
     compatible = ("arm,pl061", "arm,primecell")
+    #: the vfu-platform bridge with a guest descriptor (docs/guest-descriptor.md)
+    pci_vendor, pci_device, pci_class = 0x1234, 0x5646, 0x088000
     device_flags = vfio_abi.DEVICE_FLAGS_AMBA | vfio_abi.DEVICE_FLAGS_RESET
     irq_regions = frozenset({0})
 

@@ -132,7 +132,7 @@ class HostPort:
         self._link = link
 
     def _open_unix(self, path: str) -> None:
-        from vfu_platform.server.listener import SocketPathError, check_socket_path
+        from vfu_platform.endpoint import SocketPathError, check_socket_path
 
         try:
             check_socket_path(path)
