@@ -115,7 +115,7 @@ def test_a_full_disk_stops_the_trace_not_the_server(tmp_path: Path) -> None:
         import time
 
         deadline = time.monotonic() + 10
-        while "serving" not in server.stderr():
+        while "vfu-platform: serving" not in server.stderr():  # (the trace warning says "serving" too)
             assert proc.poll() is None and time.monotonic() < deadline, server.stderr()
             time.sleep(0.01)
         for _ in range(3):

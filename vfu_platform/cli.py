@@ -12,13 +12,13 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vfu_platform.backends.base import DeviceBackend
 from vfu_platform.bridge.bar_plan import BarPlanError
 from vfu_platform.bridge.config_space import PciIds
 from vfu_platform.bridge.device import BridgeOptions, PciBridge, RegionOptions
-from vfu_platform.config import Config, ConfigError, load_config
+from vfu_platform.config import BridgeSection, Config, ConfigError, DeviceSection, load_config
 
 EXIT_USAGE = 2
 
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="serve a device on a vfio-user socket")
-    serve.add_argument("--socket", required=True, help="unix socket path to listen on (with systemd socket "
-                       "activation: the path of the passed socket)")
+    serve.add_argument("--socket", help="unix socket path to listen on (with systemd socket activation: the "
+                       "path of the passed socket); not with a --config that lists several [[devices]]")
     serve.add_argument("--socket-mode", type=_socket_mode, metavar="OCTAL",
                        help="permissions of the socket file (default 0600), e.g. 0660 with --socket-group")
     serve.add_argument("--socket-group", metavar="NAME|GID",
@@ -219,37 +219,128 @@ def bridge_options(args: argparse.Namespace, config: Config, model: str,
 
 
 def serve(args: argparse.Namespace) -> int:
-    from vfu_platform.endpoint import SocketPathError, check_socket_path
-    from vfu_platform.server.listener import Server
-    from vfu_platform.server.session import SessionOptions
+    """Serve one device (--socket), or every device a config's [[devices]] lists, in one process."""
     from vfu_platform import logs
-    from vfu_platform.trace import RunInfo, Tracer, observers
+    from vfu_platform.config import expand_devices
+    from vfu_platform.endpoint import SocketPathError, check_socket_path, parse_mode, resolve_group, take_inherited
+    from vfu_platform.server.loop import EventLoop
+    from vfu_platform.server.notify import Notifier
 
     try:
         logs.configure_logging(args.verbose, args.log_file)
     except OSError as exc:
         raise UsageError(f"cannot open log file {args.log_file}: {exc.strerror}") from None
     config = load_config(args.config) if args.config else Config()
-    from vfu_platform.endpoint import parse_mode, resolve_group, take_inherited
-    from vfu_platform.server.notify import Notifier
-
+    units = _devices_to_serve(args, config, expand_devices(config))
     notifier = Notifier.from_environ()
     try:
         passed = take_inherited()  # systemd socket activation (LISTEN_FDS)
+        if passed is not None and len(units) > 1:
+            raise UsageError("socket activation passes one socket: serve one device per service "
+                             "(vfu-platform@.socket), not a config with several [[devices]]")
         mode = args.socket_mode if args.socket_mode is not None else parse_mode(config.server.socket_mode)
         group = args.socket_group if args.socket_group is not None else config.server.socket_group
         gid = None if group is None else resolve_group(group)
-        if passed is None:  # a passed socket is live and ours: no probe
-            check_socket_path(args.socket)
-        if args.control:
-            check_socket_path(args.control)
+        for socket_path, _alone, _trace, control_path in units:
+            if passed is None:  # a passed socket is live and ours: no probe
+                check_socket_path(socket_path)
+            if control_path:
+                if os.path.abspath(control_path) == os.path.abspath(socket_path):
+                    raise UsageError("--control must be another path than --socket")
+                check_socket_path(control_path)
     except (SocketPathError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if args.control and os.path.abspath(args.control) == os.path.abspath(args.socket):
-        raise UsageError("--control must be another path than --socket")
-    backend, model = make_backend(args, config)
-    from vfu_platform.bridge.pci_passthrough import PciPassthrough, serves_as_pci_function
+    loop = EventLoop()
+    served: list[_Served] = []
+    try:
+        for socket_path, alone, trace, control_path in units:
+            prefix = f"{socket_path}: " if len(units) > 1 else ""
+            try:
+                served.append(_open_device(args, alone, socket_path, trace, control_path, loop,
+                                           passed, mode, gid, first=not served, label=prefix[:-2]))
+            except UsageError as exc:
+                raise UsageError(f"{prefix}{exc}") from None
+        first = served[0].server
+        first.on_reopen += [logs.reopen, *(unit.tracer.reopen for unit in served if unit.tracer)]  # SIGHUP
+        for unit in served:
+            print(f"vfu-platform: serving {unit.model} on {unit.socket}", file=sys.stderr, flush=True)
 
+        def status() -> str:
+            if len(served) == 1:
+                unit = served[0]
+                return f"serving {unit.model} on {unit.socket}, {unit.server.sessions_served} clients served"
+            clients = sum(unit.server.session is not None and not unit.server.session.closed for unit in served)
+            return f"serving {len(served)} devices, {clients} clients attached"
+
+        for unit in served:
+            unit.server.on_session_end.append(lambda _session: notifier.status(status()))
+        notifier.ready(status())
+        try:
+            first.serve_forever()
+        finally:
+            notifier.stopping(f"stopping: {status()}")
+    finally:
+        for unit in reversed(served):
+            unit.close()
+        loop.close()
+    return 0
+
+
+def _devices_to_serve(args: argparse.Namespace, config: Config,
+                      listed: list[tuple[str, Config, str | None, str | None]]
+                      ) -> list[tuple[str, Config, str | None, str | None]]:
+    """(socket, config, trace, control) per device: --socket's one, or the config's [[devices]]."""
+    if not listed:
+        if not args.socket:
+            raise UsageError("serve: --socket is required (or a --config that lists [[devices]])")
+        return [(args.socket, config, args.trace, args.control)]
+    if args.socket:
+        raise UsageError(f"--socket and a config listing {len(listed)} [[devices]]: give one or the other")
+    per_device = [flag for flag, value in (("--device", args.device), ("--host", args.host),
+                                           ("--sysfsdev", args.sysfsdev), ("--option", args.option),
+                                           ("--irq-mode", args.irq_mode), ("--trace", args.trace),
+                                           ("--control", args.control)) if value]
+    if per_device:
+        raise UsageError(f"{', '.join(per_device)} with [[devices]] in the config: set it in each [[devices]] entry")
+    if config.device != DeviceSection() or config.bridge != BridgeSection():
+        raise UsageError("config: [device]/[bridge] and [[devices]] together: put them in each [[devices]] entry")
+    return listed
+
+
+class _Served:
+    """One device of the process: its backend, bridge, server (listener), control socket and trace."""
+
+    def __init__(self, model: str, socket_path: str, backend: DeviceBackend, bridge: object) -> None:
+        self.model = model
+        self.socket = socket_path
+        self.backend = backend
+        self.bridge = bridge
+        self.server: Any = None
+        self.control: Any = None
+        self.tracer: Any = None
+
+    def close(self) -> None:
+        if self.control:
+            self.control.close()
+        if self.server:
+            self.server.close()
+        self.bridge.close()  # type: ignore[attr-defined]
+        if self.tracer:
+            self.tracer.close()
+
+
+def _open_device(args: argparse.Namespace, config: Config, socket_path: str, trace: str | None,
+                 control_path: str | None, loop: Any, passed: Any, mode: int, gid: int | None,
+                 first: bool, label: str = "") -> _Served:
+    """Open one device and listen for its client in `loop` (the first one also takes the signals)."""
+    from vfu_platform import logs
+    from vfu_platform.bridge.pci_passthrough import PciPassthrough, serves_as_pci_function
+    from vfu_platform.endpoint import SocketPathError
+    from vfu_platform.server.listener import Server
+    from vfu_platform.server.session import SessionOptions
+    from vfu_platform.trace import RunInfo, Tracer, observers
+
+    backend, model = make_backend(args, config)
     try:
         if serves_as_pci_function(backend):  # a vfio-pci function is served as itself, no bridge
             bridge: PciBridge | PciPassthrough = PciPassthrough(backend)  # type: ignore[arg-type]
@@ -258,63 +349,50 @@ def serve(args: argparse.Namespace) -> int:
     except (BarPlanError, ValueError) as exc:
         backend.close()
         raise UsageError(str(exc)) from None
-    options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
-                             write_multiple=config.server.write_multiple,
-                             message_timeout=args.message_timeout or config.server.message_timeout)
-    is_bridge = isinstance(bridge, PciBridge)
-    run = RunInfo(model, {"irq_mode": bridge.options.irq_mode if is_bridge else "passthrough",  # type: ignore[union-attr]
-                          "device_options": _model_options(args.option, config.device.options),
-                          "config": args.config, "message_timeout": options.message_timeout,
-                          "max_data_xfer_size": options.max_data_xfer_size, "verbose": args.verbose})
+    unit = _Served(model, socket_path, backend, bridge)
     try:
-        tracer = Tracer.open(args.trace, run) if args.trace else None
-    except OSError as exc:
-        bridge.close()
-        raise UsageError(f"cannot open trace file {args.trace}: {exc.strerror}") from None
-    # -vv only: below that the message log is not in the hook at all (the fast path stays on)
-    bar_names = {b.index: b.name or ("irq-page" if b.region is None else "")
-                 for b in bridge.plan.bars} if is_bridge else {}  # type: ignore[union-attr]
-    message_log = logs.MessageLog(logs.pci_region_namer(bar_names)) if args.verbose >= 2 else None
-    server = Server(args.socket, bridge, options, observers(tracer, message_log))
-    server.install_signal_handlers()  # before the socket exists: an early SIGTERM is a clean stop
-    server.on_reopen += [logs.reopen, *([tracer.reopen] if tracer else [])]  # SIGHUP
-    try:
-        server.listen(mode, gid, passed)
-    except SocketPathError as exc:
-        server.close()
-        bridge.close()
-        raise UsageError(str(exc)) from None
-    control = _listen_control(args, config, server, backend, model)
-    print(f"vfu-platform: serving {model} on {args.socket}", file=sys.stderr, flush=True)
-    served = lambda: f"serving {model} on {args.socket}, {server.sessions_served} clients served"  # noqa: E731
-    server.on_session_end.append(lambda _session: notifier.status(served()))
-    notifier.ready(served())
-    try:
-        server.serve_forever()
-    finally:
-        notifier.stopping(f"stopping: {served()}")
-        if control:
-            control.close()
-        server.close()
-        bridge.close()
-        if tracer:
-            tracer.close()
-    return 0
+        options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,
+                                 write_multiple=config.server.write_multiple,
+                                 message_timeout=args.message_timeout or config.server.message_timeout)
+        is_bridge = isinstance(bridge, PciBridge)
+        run = RunInfo(model, {"irq_mode": bridge.options.irq_mode if is_bridge else "passthrough",  # type: ignore[union-attr]
+                              "device_options": _model_options(args.option, config.device.options),
+                              "config": args.config, "socket": socket_path,
+                              "message_timeout": options.message_timeout,
+                              "max_data_xfer_size": options.max_data_xfer_size, "verbose": args.verbose})
+        try:
+            unit.tracer = Tracer.open(trace, run) if trace else None
+        except OSError as exc:
+            raise UsageError(f"cannot open trace file {trace}: {exc.strerror}") from None
+        # -vv only: below that the message log is not in the hook at all (the fast path stays on)
+        bar_names = {b.index: b.name or ("irq-page" if b.region is None else "")
+                     for b in bridge.plan.bars} if is_bridge else {}  # type: ignore[union-attr]
+        message_log = logs.MessageLog(logs.pci_region_namer(bar_names)) if args.verbose >= 2 else None
+        unit.server = Server(socket_path, bridge, options, observers(unit.tracer, message_log), loop, label)
+        if first:
+            unit.server.install_signal_handlers()  # before the socket exists: an early SIGTERM is a clean stop
+        try:
+            unit.server.listen(mode, gid, passed)
+        except SocketPathError as exc:
+            raise UsageError(str(exc)) from None
+        unit.control = _listen_control(args, config, unit.server, backend, model, control_path)
+    except BaseException:
+        unit.close()
+        raise
+    return unit
 
 
 def _listen_control(args: argparse.Namespace, config: Config, server: object, backend: DeviceBackend,
-                    model: str) -> object:
-    """The control socket (--control, else SOCKET.ctl) in the server's loop: device commands and `server status`."""
-    from vfu_platform.operator_cli import open_control
+                    model: str, path: str | None) -> object:
+    """The control socket (`path`, else SOCKET.ctl) in the server's loop: device commands and `server status`."""
     from vfu_platform.endpoint import SocketPathError
+    from vfu_platform.operator_cli import open_control
 
     host = args.host or args.sysfsdev or config.device.host or config.device.sysfsdev
     name, kind = (host, "host") if model == "host" and host else (model, "model")
     try:
-        return open_control(server, backend, args.control, name, kind)
+        return open_control(server, backend, path, name, kind)
     except SocketPathError as exc:
-        server.close()  # type: ignore[attr-defined]
-        backend.close()
         raise UsageError(str(exc)) from None
 
 

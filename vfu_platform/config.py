@@ -33,6 +33,20 @@ Example:
     socket_mode = "0660"       # the socket file's permissions (default 0600)
     socket_group = "kvm"       # and its group (name or gid): libvirt's QEMU can connect
 
+Several devices in one process, each on its own socket (then no [device] and no
+--socket): each keeps its own client, IRQ engine and DMA table.
+
+    [[devices]]
+    socket = "/run/vfu/edu{n}.sock"   # {n}: 0 .. count-1
+    count = 4
+    device = { model = "edu" }
+
+    [[devices]]
+    socket = "/run/vfu/gpio.sock"
+    device = { model = "gpio", options = { lines = 4 } }
+    bridge = { irq_mode = "msix" }
+    trace = "/var/log/vfu/gpio.trace"   # also control = PATH
+
 Unknown keys are errors, so a typo never passes silently.
 """
 from __future__ import annotations
@@ -100,10 +114,51 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     socket_group: str | int | None = None
 
 
+class ServedDeviceSection(msgspec.Struct, forbid_unknown_fields=True):
+    """One of several devices a process serves, each on its own socket ([[devices]])."""
+
+    #: the socket path; with `count` > 1 it must contain "{n}" (0 .. count-1)
+    socket: str
+    device: DeviceSection = msgspec.field(default_factory=DeviceSection)
+    bridge: BridgeSection = msgspec.field(default_factory=BridgeSection)
+    #: this many devices alike, on the sockets "{n}" names
+    count: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
+    trace: str | None = None
+    #: the control socket (default SOCKET.ctl); "{n}" as in `socket`
+    control: str | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     device: DeviceSection = msgspec.field(default_factory=DeviceSection)
     bridge: BridgeSection = msgspec.field(default_factory=BridgeSection)
     server: ServerSection = msgspec.field(default_factory=ServerSection)
+    #: several devices in one process, each with its own socket, client, IRQ engine and DMA table
+    devices: list[ServedDeviceSection] = []
+
+
+def expand_devices(config: Config) -> list[tuple[str, Config, str | None, str | None]]:
+    """(socket, the config of that device alone, trace, control) for each device [[devices]] lists.
+
+    Raises ConfigError for a socket used twice or a `count` without "{n}".
+    """
+    out: list[tuple[str, Config, str | None, str | None]] = []
+    seen: set[str] = set()
+    for k, entry in enumerate(config.devices):
+        if entry.count > 1 and "{n}" not in entry.socket:
+            raise ConfigError(f"devices[{k}]: count = {entry.count} needs \"{{n}}\" in socket = {entry.socket!r}")
+        if entry.device.host or entry.device.sysfsdev:
+            if entry.count > 1:
+                raise ConfigError(f"devices[{k}]: a host device cannot be served {entry.count} times")
+        for n in range(entry.count):
+            socket = entry.socket.replace("{n}", str(n))
+            if socket in seen:
+                raise ConfigError(f"devices[{k}]: socket {socket} is listed twice")
+            seen.add(socket)
+            alone = Config(device=entry.device, bridge=entry.bridge, server=config.server)
+            trace = entry.trace.replace("{n}", str(n)) if entry.trace else None
+            control = entry.control.replace("{n}", str(n)) if entry.control else None
+            out.append((socket, alone, trace, control))
+    return out
 
 
 class ConfigError(Exception):

@@ -3,7 +3,9 @@
 
 One `Channel` per connection.  Receiving goes straight into the framing
 buffer with recvmsg_into (no copy, fds collected with the bytes); sending
-puts header, payload and fds in one sendmsg and loops over partial writes.
+puts header, payload and fds in one sendmsg: `send` waits (up to the send
+timeout) until all is taken, `send_some` takes what a non-blocking socket
+takes now (the server's edge, which never waits).
 """
 from __future__ import annotations
 
@@ -80,6 +82,21 @@ class Channel:
             raise ConnectionClosed(str(exc)) from exc
         except TimeoutError as exc:
             raise ConnectionClosed(f"the peer did not take a message within {self.sock.gettimeout()} s") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                raise ConnectionClosed(str(exc)) from exc
+            raise
+
+    def send_some(self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...] = ()) -> int:
+        """One send on a non-blocking socket: the bytes taken (0: the buffer is full; fds go with byte 0)."""
+        try:
+            if fds:
+                return self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionClosed(str(exc)) from exc
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 raise ConnectionClosed(str(exc)) from exc

@@ -1,21 +1,26 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The I/O edge of one client: its socket, its sans-I/O `Session`, and the event loop.
 
-The only place a client's socket is read or written.  When the socket is
-readable, one recvmsg goes straight into the session's receive buffer, the
-session handles what arrived, and what it queued is sent; a timer follows the
-session's `deadline` (a stalled client, a DMA request left unanswered).  Output
-the session queues between reads (a device's DMA request from its own timer)
-is sent at once through `Session.on_output`.
+The only place a client's socket is read or written, and it never waits: every
+device of the process shares the loop, so one client must not hold up another.
+When the socket is readable, one recvmsg goes straight into the session's
+receive buffer, the session handles what arrived, and what it queued is sent
+on the non-blocking socket.  What the socket does not take at once waits in a
+backlog; meanwhile the client is not read (backpressure: a client that does not
+read its replies cannot make the server buffer without bound), and the socket's
+writability resumes both.  A timer follows the session's `deadline` (a stalled
+client, a DMA request left unanswered).  Output the session queues between reads
+(a device's DMA request from its own timer) is sent at once (`Session.on_output`).
 
-A client that stops reading its replies is noticed two ways: a send that cannot
-complete within message_timeout (the socket buffer is full), and, for replies
-small enough to sit in the buffer, a check every quarter of message_timeout that
-the client took at least one byte of what is queued for it (SIOCOUTQ).
+A client that stops reading its replies is dropped after message_timeout: when
+its backlog has not moved for that long, or, for replies small enough to sit in
+the socket buffer, when it took no byte of them (SIOCOUTQ), checked every
+quarter of message_timeout.
 """
 from __future__ import annotations
 
 import array
+import collections
 import fcntl
 import logging
 import select
@@ -39,10 +44,13 @@ class Connection:
     """One served client: receive, let the session handle, send, keep its deadline armed."""
 
     def __init__(self, sock: socket.socket, device: ServedDevice, loop: EventLoop,
-                 options: SessionOptions, observer: MessageObserver | None = None) -> None:
+                 options: SessionOptions, observer: MessageObserver | None = None, label: str = "") -> None:
         self.loop = loop
-        self.session = Session(device, loop, options, observer)
-        self.channel = Channel(sock, buffer=self.session.buffer, send_timeout=options.message_timeout)
+        self.session = Session(device, loop, options, observer, label=label)
+        self.channel = Channel(sock, buffer=self.session.buffer, send_timeout=0.0)  # non-blocking
+        #: output the socket did not take yet, in order: (bytes, fds to go with the first byte)
+        self._backlog: collections.deque[tuple[bytes | memoryview, tuple[int, ...] | list[int]]] = collections.deque()
+        self._blocked_since: float | None = None  # when the backlog began (reading paused)
         self._fd = self.channel.fileno()
         self._timer: TimerHandle | None = None
         self._timer_when: float | None = None
@@ -91,24 +99,58 @@ class Connection:
         session = self.session
         out = session.take_output()
         self._flushes += 1
+        backlog = self._backlog
         try:
-            if len(out) == 1:
+            if len(out) == 1 and not backlog:  # the usual case: one reply
                 data, fds = out[0]
-                self.channel.send(data, fds)
+                sent = self.channel.send_some(data, fds)
+                if sent == len(data):
+                    return
+                backlog.append((memoryview(data)[sent:], ()) if sent else (data, fds))
             else:
                 batch: list[bytes] = []
                 for data, fds in out:
                     if fds:
                         if batch:
-                            self.channel.send(b"".join(batch))
+                            backlog.append((b"".join(batch), ()))
                             batch = []
-                        self.channel.send(data, fds)
+                        backlog.append((data, fds))
                     else:
                         batch.append(data)
                 if batch:
-                    self.channel.send(b"".join(batch))
+                    backlog.append((b"".join(batch), ()))
+            self._drain()
         except ConnectionClosed as exc:
             session.connection_lost(f"connection closed while replying ({exc})")
+
+    def _drain(self) -> None:
+        """Send the backlog as far as the socket takes it; pause reading while any is left."""
+        backlog = self._backlog
+        while backlog:
+            data, fds = backlog[0]
+            sent = self.channel.send_some(data, fds)
+            if sent == len(data):
+                backlog.popleft()
+            elif sent:
+                backlog[0] = (memoryview(data)[sent:], ())  # the fds went with the first byte
+            else:
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
+                    self.loop.remove_reader(self._fd)
+                    self.loop.add_writer(self._fd, self._on_writable)
+                return
+        if self._blocked_since is not None:
+            self._blocked_since = None
+            self.loop.remove_writer(self._fd)
+            self.loop.add_reader(self._fd, self._on_readable)
+
+    def _on_writable(self) -> None:
+        if self.session.closed:
+            return
+        try:
+            self._drain()
+        except ConnectionClosed as exc:
+            self.session.connection_lost(f"connection closed while replying ({exc})")
 
     def _on_output(self) -> None:
         """The session queued output between reads (a device's DMA request): send it now."""
@@ -152,8 +194,14 @@ class Connection:
         self._unread_check = None
         if self.session.closed:
             return
-        unread = self._unread_bytes()
         now = time.monotonic()
+        timeout = self.session.options.message_timeout
+        if self._blocked_since is not None and now - self._blocked_since >= timeout:
+            pending = sum(len(data) for data, _fds in self._backlog)
+            self.session.drop_stalled(f"the client did not take a message within {timeout:g} s "
+                                      f"({pending} bytes waiting, its socket buffer full)")
+            return
+        unread = self._unread_bytes()
         sent_more, self._flushes_seen = self._flushes != self._flushes_seen, self._flushes
         if unread == 0 or unread < self._last_unread or sent_more:
             # It reads, or there is nothing to read, or we sent more meanwhile (a client that
@@ -161,8 +209,7 @@ class Connection:
             self._unread_since = None if unread == 0 or unread < self._last_unread else now
         elif self._unread_since is None:
             self._unread_since = now
-        elif now - self._unread_since >= self.session.options.message_timeout:
-            timeout = self.session.options.message_timeout
+        elif now - self._unread_since >= timeout:
             self.session.drop_stalled(f"the client did not take a message within {timeout:g} s "
                                       f"({unread} bytes unread)")
             return
@@ -177,7 +224,11 @@ class Connection:
             self._unread_check.cancel()
             self._unread_check = None
         self.loop.remove_reader(self._fd)
-        for data, fds in self.session.take_output():  # replies queued before the close
+        self.loop.remove_writer(self._fd)
+        # Replies queued before the close (framing lost after them): sent if the socket takes them now.
+        last_words = [*self._backlog, *self.session.take_output()]
+        self._backlog.clear()
+        for data, fds in last_words:
             if not self.channel.send_nowait(data, fds):
                 break
         self.channel.close()

@@ -32,7 +32,7 @@ from vfu_platform.protocol.constants import Command
 from vfu_platform.server.connection import Connection
 from vfu_platform.server.device_api import ServedDevice
 from vfu_platform.server.loop import EventLoop, TimerHandle
-from vfu_platform.server.session import MessageObserver, Session, SessionOptions
+from vfu_platform.server.session import DeviceLog, MessageObserver, Session, SessionOptions
 
 log = logging.getLogger("vfu_platform.server")
 
@@ -52,8 +52,12 @@ class Server:
         options: SessionOptions | None = None,
         tracer: MessageObserver | None = None,
         loop: EventLoop | None = None,
+        label: str = "",
     ) -> None:
         self.path = path
+        #: prefixes this server's log lines (its socket, when a process serves several devices)
+        self.label = label
+        self.log = DeviceLog(log, label)
         self.device = device
         self.options = options or SessionOptions()
         #: the one observer of every message and event (a Tracer, a -vv log, or both)
@@ -94,7 +98,7 @@ class Server:
         self._endpoint = endpoint
         self._listener = endpoint.sock
         self.loop.add_reader(endpoint.sock.fileno(), self._on_connection)
-        log.info("listening on %s%s", self.path, " (socket passed by the service manager)" if inherited else "")
+        self.log.info("listening on %s%s", self.path, " (socket passed by the service manager)" if inherited else "")
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM end the loop; SIGHUP calls `on_reopen`, from the loop (never inside a write).
@@ -151,7 +155,7 @@ class Server:
             return
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
-                log.error("cannot accept a client: %s", exc.strerror)
+                self.log.error("cannot accept a client: %s", exc.strerror)
                 return
             raise
         # Decide once the other events of this loop turn have run: a client that
@@ -168,7 +172,7 @@ class Server:
             if current.session.stalled and self._pending is None:
                 # The current client may be on its way out (it is dropped once it has been
                 # stalled for message_timeout): let the new one wait for that, not fail.
-                log.info("a new client waits: the current one is stalled")
+                self.log.info("a new client waits: the current one is stalled")
                 self._pending = conn
                 self._pending_timer = self.loop.call_later(  # its stall began before: a little slack
                     self.options.message_timeout * 1.1 + 0.05,
@@ -184,8 +188,8 @@ class Server:
         self.session_started = time.time()
         if self.tracer:
             self.tracer.event("client-connected", number=self.sessions_served)
-        log.info("client %d connected", self.sessions_served)
-        self.connection = Connection(conn, self.device, self.loop, self.options, self.tracer)
+        self.log.info("client %d connected", self.sessions_served)
+        self.connection = Connection(conn, self.device, self.loop, self.options, self.tracer, self.label)
         self.session = self.connection.session
         self.connection.on_close = self._session_closed
         self.connection.start()
@@ -216,7 +220,7 @@ class Server:
         VERSION to a socket already closed would see EPIPE instead of the reason.
         """
         self.refused += 1
-        log.warning("refusing a second client: %s", why)
+        self.log.warning("refusing a second client: %s", why)
         if self.tracer:
             self.tracer.event("client-refused", reason=why)
         if len(self._refusing) >= _MAX_REFUSING:

@@ -3,8 +3,9 @@
 
 Why not asyncio: asyncio streams cannot receive SCM_RIGHTS fds and cost about
 twice the CPU per request (measured for the protocol brief).  This loop is what
-the server needs and no more; `run_until` may be re-entered (a handler that
-waits for a DMA reply keeps serving the socket meanwhile).
+the server needs and no more: readers, writers (a client socket whose buffer is
+full), timers.  Nothing in the server waits inside a callback: every device of
+the process shares this loop.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("vfu_platform.loop")
+
+_NOT_ONLY_OUT = ~select.EPOLLOUT  # readable, or an error / hang-up a reader must see
+_WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 @dataclass(order=True)
@@ -43,27 +47,48 @@ class EventLoop:
         # share of a round trip on the REGION_READ/WRITE hot path.
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
         self._timers: list[TimerHandle] = []
         self._seq = itertools.count()
         self.stopping = False
 
     # ------------------------------------------------------------ registration
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        if fd in self._readers:
-            try:
-                self._epoll.modify(fd, select.EPOLLIN)
-            except FileNotFoundError:  # the old file behind this fd number was closed
-                self._epoll.register(fd, select.EPOLLIN)
-        else:
-            self._epoll.register(fd, select.EPOLLIN)
         self._readers[fd] = callback
+        self._update(fd, True)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            try:
+            self._update(fd, False)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` while `fd` can take more output (a full socket buffer drained)."""
+        self._writers[fd] = callback
+        self._update(fd, True)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd, False)
+
+    def _update(self, fd: int, added: bool) -> None:
+        mask = (select.EPOLLIN if fd in self._readers else 0) | (select.EPOLLOUT if fd in self._writers else 0)
+        try:
+            if not mask:
                 self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass  # already closed: the kernel dropped it from the epoll set
+            elif added and mask in (select.EPOLLIN, select.EPOLLOUT):  # the fd's first watch
+                try:
+                    self._epoll.register(fd, mask)
+                except FileExistsError:  # a re-registration of the same watch
+                    self._epoll.modify(fd, mask)
+            else:
+                self._epoll.modify(fd, mask)
+        except FileNotFoundError:  # the old file behind this fd number was closed
+            if mask:
+                self._epoll.register(fd, mask)
+        except (OSError, ValueError):
+            if mask:
+                raise
+            # unregistering a closed fd: the kernel dropped it from the epoll set already
 
     def watched(self) -> list[int]:
         return list(self._readers)
@@ -92,17 +117,22 @@ class EventLoop:
             # (IRQ triggers), lines that fired "at the same instant" queue in index order.
             events.sort()
         readers = self._readers
-        for fd, _mask in events:
+        writers = self._writers
+        for fd, mask in events:
             # An earlier callback of this turn may have removed this reader (a session
             # closing drops its IRQ fds) or replaced it: run what is registered now.
             # (If its fd number was reused meanwhile, the new reader sees a spurious
             # wakeup: readers read non-blocking and must tolerate that.)
             callback = readers.get(fd)
-            if callback is not None:
+            if callback is not None and (not writers or mask & _NOT_ONLY_OUT):
                 try:  # inline, not _run_guarded: this is the REGION_READ/WRITE hot path
                     callback()
                 except Exception:
                     log.exception("event loop callback %r failed", callback)
+            if writers and mask & _WRITABLE:
+                callback = writers.get(fd)
+                if callback is not None:
+                    _run_guarded(callback)
         if timers:
             self._run_due_timers()
 
@@ -131,4 +161,5 @@ class EventLoop:
     def close(self) -> None:
         self._epoll.close()
         self._readers.clear()
+        self._writers.clear()
         self._timers.clear()

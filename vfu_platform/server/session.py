@@ -57,6 +57,17 @@ from vfu_platform.server.device_api import ClientContext, ServedDevice
 
 log = logging.getLogger("vfu_platform.session")
 
+
+class DeviceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose lines start with the device's label (its socket) when a process serves several."""
+
+    def __init__(self, logger: logging.Logger, label: str = "") -> None:
+        super().__init__(logger, {})
+        self.prefix = f"{label}: " if label else ""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return (f"{self.prefix}{msg}" if self.prefix else msg), kwargs
+
 _ACCESS = m.REGION_ACCESS
 _ACCESS_MESSAGE = HEADER_SIZE + _ACCESS.size
 _READ_REPLY_HEAD = struct.Struct("<HHIII" + _ACCESS.format.lstrip("<"))
@@ -144,8 +155,11 @@ class Session:
         options: SessionOptions | None = None,
         observer: MessageObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        label: str = "",
     ) -> None:
         self.device = device
+        #: this session's log (lines prefixed with `label`: the device's socket, with several devices)
+        self.log = DeviceLog(log, label)
         #: lent to the device while the client is attached (timers, fd watches): never used here
         self.scheduler = scheduler
         self.options = options or SessionOptions()
@@ -245,7 +259,7 @@ class Session:
         finally:
             self.dma.unmap_all()
             self.buffer.discard()
-        log.info("client gone: %s", reason)
+        self.log.info("client gone: %s", reason)
         if self.observer:
             self.observer.event("client-gone", reason=reason)
         callback, self.on_close = self.on_close, None
@@ -320,7 +334,7 @@ class Session:
             self._update_stall_deadline()
 
     def _framing_lost(self, exc: FramingError) -> None:
-        log.warning("dropping client: %s", exc)
+        self.log.warning("dropping client: %s", exc)
         self.close(f"framing error: {exc}")
 
     def _send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
@@ -381,7 +395,7 @@ class Session:
     def drop_stalled(self, why: str) -> None:
         """Drop the client as stalled (counted, logged with `why`)."""
         self.counters.bump("stalled-clients")
-        log.warning("dropping a stalled client: %s", why)
+        self.log.warning("dropping a stalled client: %s", why)
         self.close(f"stalled: {why}")
 
     # ------------------------------------------------------------ dispatch
@@ -437,13 +451,13 @@ class Session:
         if isinstance(exc, VfuError):
             self._fail(header, exc.errno, str(exc))
         else:  # a bug must not take the session down
-            log.exception("internal error handling %s", COMMAND_NAMES.get(header.command, header.command))
+            self.log.exception("internal error handling %s", COMMAND_NAMES.get(header.command, header.command))
             self._fail(header, errno.EIO, f"internal error: {exc!r}")
 
     def _fail(self, header: Header, errno_value: int, message: str) -> None:
         self.counters.bump("errors")
         name = COMMAND_NAMES.get(header.command, str(header.command))
-        log.info("%s (id %d) failed: %s [%s]", name, header.msg_id, message, errno.errorcode.get(errno_value, errno_value))
+        self.log.info("%s (id %d) failed: %s [%s]", name, header.msg_id, message, errno.errorcode.get(errno_value, errno_value))
         if self.observer:
             # A NO_REPLY failure is answered by nothing: observed as "dropped", not as a reply sent.
             direction = "dropped" if header.no_reply else "out"
@@ -481,7 +495,7 @@ class Session:
         reply = m.Version(VERSION_MAJOR, min(request.minor, VERSION_MINOR), reply_caps)
         self.state = SessionState.READY
         self._reply(header, reply.pack())
-        log.info("negotiated with client caps %s", caps)
+        self.log.info("negotiated with client caps %s", caps)
 
     # ------------------------------------------------------------ DMA windows
     def _dma_map(self, header: Header, body: memoryview, fds: list[int]) -> None:
@@ -666,7 +680,7 @@ class Session:
             # The late reply to one of our own DMA requests: answering it would confuse the client.
             del self._abandoned[header.msg_id]
             self.counters.bump("late-replies")
-            log.warning("dropping a late reply (id %d) to a request that timed out", header.msg_id)
+            self.log.warning("dropping a late reply (id %d) to a request that timed out", header.msg_id)
         else:
             # A "reply" nobody asked for is a malformed request: EINVAL, as libvfio-user answers
             # (its test_unsolicited_reply), unless the client asked for no reply.
@@ -709,11 +723,11 @@ class Session:
         transfer.waiting.clear()
         if isinstance(result, DmaError):
             self.counters.bump("dma-request-errors")
-            log.info("device DMA through the client failed: %s", result)
+            self.log.info("device DMA through the client failed: %s", result)
         try:
             transfer.done(result)
         except Exception:  # a device's continuation must not take the session down
-            log.exception("DMA continuation %r failed", transfer.done)
+            self.log.exception("DMA continuation %r failed", transfer.done)
 
     def _abandon(self, msg_id: int) -> None:
         if len(self._abandoned) >= MAX_ABANDONED_REQUESTS:  # bounded: the oldest are forgotten
