@@ -4,6 +4,7 @@
 
     python scripts/bench.py [--iterations N] [--rounds R] [--json]
     python scripts/bench.py --profile [--profile-op read|write] [--top 15]
+    python scripts/bench.py --devices 64      # + one process serving 64 edu devices
 
 Builds two small C programs (scripts/bench/) with the system compiler, starts
 the servers once, and times a C client against each of them:
@@ -13,7 +14,10 @@ the servers once, and times a C client against each of them:
             the reference every ratio is taken against;
 * ``vfu``   our server, ``python -m vfu_platform serve`` (edu model);
 * ``floor`` a minimal blocking Python vfio-user loop (struct + recv_into +
-            send, below in FLOOR_SERVER): what plain CPython costs, for scale.
+            send, below in FLOOR_SERVER): what plain CPython costs, for scale;
+* ``multi`` with ``--devices N``: one server process serving N edu devices from a
+            ``[[devices]]`` config; each round talks to another of them, and a
+            sweep afterwards times every device once and reads the process's RSS.
 
 Per operation (read, write, posted) the cases run back to back and in
 alternating order (ref, vfu, floor / floor, vfu, ref / ...) for several
@@ -171,9 +175,11 @@ def children_cpu_us() -> float:
 
 class ServerProcess:
     def __init__(self, name: str, argv: list[str], socket_path: Path, log_path: Path, cpu: int | None,
-                 env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
+                 env: dict[str, str] | None = None, cwd: Path = REPO, sockets: list[Path] | None = None) -> None:
         self.name = name
         self.socket_path = socket_path
+        #: every socket the process serves (one, or N for the multi-device server)
+        self.sockets = sockets or [socket_path]
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -191,10 +197,19 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BenchError(f"{self.name} server exited ({self.proc.returncode}):\n{self.log()}")
-            if b"serving" in self.log_path.read_bytes() and self.socket_path.exists():
+            if self.log_path.read_bytes().count(b"serving") >= len(self.sockets) and \
+                    all(path.exists() for path in self.sockets):
                 return
             time.sleep(0.02)
         raise BenchError(f"{self.name} server not ready after {timeout:.0f} s:\n{self.log()}")
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) of the server process in KiB: its resident memory now and at its peak."""
+        fields = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.split()[0] if value.split() else "0"
+        return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
 
     def log(self) -> str:
         try:
@@ -220,13 +235,21 @@ def server_python(requested: str | None) -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
+def multi_device_config(work: Path, count: int) -> tuple[Path, list[Path]]:
+    """A config serving `count` edu devices from one process, and their sockets."""
+    config = work / "multi.toml"
+    config.write_text(f'[[devices]]\nsocket = "{work}/multi{{n}}.sock"\ncount = {count}\n'
+                      'device = { model = "edu" }\n')
+    return config, [work / f"multi{n}.sock" for n in range(count)]
+
+
 def start_servers(kinds: list[str], binaries: dict[str, Path], work: Path, python: str,
-                  cpu: int | None, before: Path | None = None) -> dict[str, ServerProcess]:
+                  cpu: int | None, before: Path | None = None, devices: int = 0) -> dict[str, ServerProcess]:
     servers: dict[str, ServerProcess] = {}
     try:
         for kind in kinds:
             sock = work / f"{kind}.sock"
-            env, cwd = None, REPO
+            env, cwd, sockets = None, REPO, None
             if kind == "ref":
                 argv = [str(binaries["pingpong"]), "server", str(sock)]
             elif kind in ("vfu", "before"):
@@ -236,9 +259,14 @@ def start_servers(kinds: list[str], binaries: dict[str, Path], work: Path, pytho
                     env, cwd = {**os.environ, "PYTHONPATH": str(before)}, before
             elif kind == "floor":
                 argv = [python, "-c", FLOOR_SERVER, str(sock)]
+            elif kind == "multi":
+                config, sockets = multi_device_config(work, devices)
+                sock = sockets[0]
+                argv = [python, "-m", "vfu_platform", "serve", "--config", str(config)]
             else:
                 raise ValueError(kind)
-            servers[kind] = ServerProcess(kind, argv, sock, work / f"{kind}.log", cpu, env=env, cwd=cwd)
+            servers[kind] = ServerProcess(kind, argv, sock, work / f"{kind}.log", cpu, env=env, cwd=cwd,
+                                          sockets=sockets)
         for server in servers.values():
             server.wait_ready()
     except BaseException:
@@ -283,16 +311,18 @@ class Result:
 
 
 def run_client(client: Path, server: ServerProcess, case: Case, args: argparse.Namespace, work: Path,
-               cpu: int | None) -> tuple[dict[str, Any], list[int], float, int, float]:
+               cpu: int | None, socket_path: Path | None = None, iterations: int | None = None,
+               warmup: int | None = None) -> tuple[dict[str, Any], list[int], float, int, float]:
     """One client run; returns (summary, latencies ns, server µs, server sched ns, client µs)."""
     lat_file = work / f"{case.name}.lat"
-    argv = [str(client), "--socket", str(server.socket_path), "--op", case.op,
-            "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+    iterations = args.iterations if iterations is None else iterations
+    argv = [str(client), "--socket", str(socket_path or server.socket_path), "--op", case.op,
+            "--iterations", str(iterations), "--warmup", str(args.warmup if warmup is None else warmup),
             "--offset", str(case.offset), "--batch", str(args.batch), "--latencies", str(lat_file), "--json"]
     if case.bare:
         argv.append("--bare")
     preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    timeout = 60 + args.iterations * 0.002
+    timeout = 60 + iterations * 0.002
     for attempt in range(4):
         before_srv = cpu_time(server.pid)
         before_cli = children_cpu_us()
@@ -318,7 +348,8 @@ def run_client(client: Path, server: ServerProcess, case: Case, args: argparse.N
 
 def build_cases(args: argparse.Namespace) -> list[tuple[str, list[Case]]]:
     ops = ["read", "write"] + (["posted"] if args.posted else [])
-    kinds = ["ref", "vfu"] + (["before"] if args.before else []) + (["floor"] if args.floor else [])
+    kinds = ["ref", "vfu"] + (["before"] if args.before else []) + (["multi"] if args.devices else []) + \
+        (["floor"] if args.floor else [])
     return [(op, [Case(f"{kind}-{op}", kind, op) for kind in kinds]) for op in ops]
 
 
@@ -328,7 +359,8 @@ def run_benchmark(args: argparse.Namespace, binaries: dict[str, Path], work: Pat
     server_cpu, client_cpu = (1, 0) if args.pin else (None, None)
     hogs = start_contention(args.contention)
     try:
-        servers = start_servers(kinds, binaries, work, server_python(args.python), server_cpu, args.before)
+        servers = start_servers(kinds, binaries, work, server_python(args.python), server_cpu, args.before,
+                                args.devices)
     except BaseException:
         stop_contention(hogs)
         raise
@@ -339,8 +371,10 @@ def run_benchmark(args: argparse.Namespace, binaries: dict[str, Path], work: Pat
             for op, cases in groups:
                 order = cases if rnd % 2 == 0 else list(reversed(cases))  # ABAB... then BABA...
                 for case in order:
+                    server = servers[case.server]
+                    device = server.sockets[(rnd * 37 + len(case.op)) % len(server.sockets)]  # another each round
                     summary, lat, srv_us, srv_ns, cli_us = run_client(
-                        binaries["vfu_bench_client"], servers[case.server], case, args, work, client_cpu)
+                        binaries["vfu_bench_client"], server, case, args, work, client_cpu, device)
                     res = results[case.name]
                     res.samples.extend(lat)
                     res.round_p50.append(float(summary["p50_ns"]))
@@ -359,11 +393,55 @@ def run_benchmark(args: argparse.Namespace, binaries: dict[str, Path], work: Pat
                 for case in cases:
                     if case.server != "ref":
                         round_ratios.setdefault(case.name, []).append(results[case.name].round_p50[-1] / ref_p50)
+        sweep = device_sweep(args, binaries["vfu_bench_client"], servers, work, client_cpu) if args.devices else None
     finally:
         for server in servers.values():
             server.stop()
         stop_contention(hogs)
-    return report(args, results, round_ratios)
+    data = report(args, results, round_ratios)
+    if sweep is not None:
+        data["devices"] = sweep
+    return data
+
+
+def device_sweep(args: argparse.Namespace, client: Path, servers: dict[str, ServerProcess], work: Path,
+                 cpu: int | None) -> dict[str, Any]:
+    """Time a 4-byte read on every device of the multi-device server, then read its RSS.
+
+    Every eighth device, the ping-pong reference and the one-device server run the
+    same short case, so each device's p50 is divided by a reference taken moments
+    before it: the per-device ratio can be set beside the one-device server's.
+    """
+    multi = servers["multi"]
+    iterations, warmup = args.sweep_iterations, max(1, args.sweep_iterations // 10)
+    ref_case, vfu_case, multi_case = (Case(f"sweep-{k}-read", k, "read") for k in ("ref", "vfu", "multi"))
+    def p50(server: ServerProcess, case: Case, socket_path: Path | None = None) -> float:
+        summary = run_client(client, server, case, args, work, cpu, socket_path, iterations, warmup)[0]
+        return float(summary["p50_ns"])
+    per_device: list[float] = []
+    vfu_ratios: list[float] = []
+    ref_p50 = 0.0
+    for index, socket_path in enumerate(multi.sockets):
+        if index % 8 == 0:
+            ref_p50 = p50(servers["ref"], ref_case)
+            vfu_ratios.append(p50(servers["vfu"], vfu_case) / ref_p50)
+        per_device.append(p50(multi, multi_case, socket_path) / ref_p50)
+        if not args.json and index % 8 == 7:
+            print(f"  sweep: devices {index - 7}..{index} x ref {' '.join(f'{r:.2f}' for r in per_device[-8:])}",
+                  file=sys.stderr, flush=True)
+    rss, hwm = multi.rss_kib()
+    one_rss, one_hwm = servers["vfu"].rss_kib()
+    return {
+        "count": len(multi.sockets),
+        "sweep_iterations": iterations,
+        "ratio_per_device": per_device,
+        "ratio_min": min(per_device),
+        "ratio_median": statistics.median(per_device),
+        "ratio_max": max(per_device),
+        "one_device_ratio_median": statistics.median(vfu_ratios),
+        "rss_mib": rss / 1024, "peak_rss_mib": hwm / 1024,
+        "one_device_rss_mib": one_rss / 1024, "one_device_peak_rss_mib": one_hwm / 1024,
+    }
 
 
 #: A process that only burns CPU: `--contention N` runs N of them beside the servers.
@@ -414,7 +492,8 @@ def report(args: argparse.Namespace, results: dict[str, Result], round_ratios: d
         "code": code_info(),
         "config": {"iterations": args.iterations, "warmup": args.warmup, "rounds": args.rounds,
                    "posted_batch": args.batch, "pinned": args.pin, "target_ratio": 1.25,
-                   "contention": args.contention, "before": str(args.before) if args.before else None},
+                   "contention": args.contention, "before": str(args.before) if args.before else None,
+                   "devices": args.devices},
         "cases": cases,
     }
 
@@ -471,6 +550,14 @@ def print_table(data: dict[str, Any]) -> None:
     print("x ref: pooled p50 / the bare ping-pong p50 of the same op;")
     print(f"target for vfu: <= {c['target_ratio']}. posted: per-write time amortised over a batch of "
           f"{c['posted_batch']} NO_REPLY writes + 1 read.")
+    if "devices" in data:
+        d = data["devices"]
+        print()
+        print(f"multi: {d['count']} edu devices in one process: RSS {d['rss_mib']:.1f} MiB (peak "
+              f"{d['peak_rss_mib']:.1f}); one device alone: {d['one_device_rss_mib']:.1f} MiB")
+        print(f"sweep ({d['sweep_iterations']} reads per device): x ref per device min {d['ratio_min']:.2f}, "
+              f"median {d['ratio_median']:.2f}, max {d['ratio_max']:.2f}; the one-device server's median "
+              f"{d['one_device_ratio_median']:.2f}")
     for name, e in data["cases"].items():
         if "first_read_value" in e and e["server"] != "ref" and int(e["first_read_value"], 16) != EDU_ID:
             print(f"warning: {name} read {e['first_read_value']}, expected {EDU_ID:#010x}")
@@ -577,6 +664,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run N busy processes beside the servers (the contention regime; default 0)")
     p.add_argument("--before", type=Path, metavar="DIR",
                    help="also time the server of another checkout (e.g. a git worktree of the old code)")
+    p.add_argument("--devices", type=int, default=0, metavar="N",
+                   help="also run one server process serving N edu devices ([[devices]] count = N)")
+    p.add_argument("--sweep-iterations", type=int, default=2000, metavar="N",
+                   help="timed reads per device in the --devices sweep (default 2000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--profile", action="store_true", help="profile the server's hot path with cProfile instead")
     p.add_argument("--profile-op", choices=["read", "write"], default="read", help="op to profile (default read)")
@@ -588,6 +679,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.contention < 0:
         p.error("--contention must not be negative")
+    if not 0 <= args.devices <= 4096 or args.sweep_iterations < 1:
+        p.error("--devices must be 0..4096 and --sweep-iterations positive")
     if args.before is not None and not (args.before / "vfu_platform" / "__init__.py").exists():
         p.error(f"--before {args.before}: no vfu_platform package there")
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1 or args.batch < 1 or args.top < 1:

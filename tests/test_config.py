@@ -48,11 +48,23 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert config.server.write_multiple is True
 
 
+def documented_example(start: str, end: str) -> str:
+    """The indented TOML lines between two markers of the config module's docstring."""
+    example = (config_module.__doc__ or "").split(start, 1)[1].split(end, 1)[0]
+    return "\n".join(line[4:] for line in example.splitlines() if line.startswith("    "))
+
+
+def test_the_documented_devices_example_is_valid(tmp_path: Path) -> None:
+    config = load(tmp_path, documented_example("Devices example:", "Unknown keys"))
+    served = config_module.expand_devices(config)
+    assert [d[0] for d in served] == [f"/run/vfu/edu{n}.sock" for n in range(4)] + ["/run/vfu/gpio.sock"]
+    assert served[-1][1].device.options == {"lines": 4} and served[-1][1].bridge.irq_mode == "msix"
+    assert served[-1][2] == "/var/log/vfu/gpio.trace"
+
+
 def test_the_documented_example_is_valid(tmp_path: Path) -> None:
     docstring = config_module.__doc__ or ""
-    example = docstring.split("Example:", 1)[1].split("Unknown keys", 1)[0]
-    text = "\n".join(line[4:] if line.startswith("    ") else line for line in example.splitlines())
-    config = load(tmp_path, text)
+    config = load(tmp_path, documented_example("Example:", "Devices example:"))
     assert config.device.model == "gpio"
     assert config.device.options == {"lines": 4}
     assert (config.bridge.vendor_id, config.bridge.device_id) == (0x1234, 0x5650)

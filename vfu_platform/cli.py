@@ -138,6 +138,7 @@ def _model_options(pairs: Sequence[str], base: dict[str, object]) -> dict[str, o
 def make_backend(args: argparse.Namespace, config: Config) -> tuple[DeviceBackend, str]:
     host = args.host or config.device.host
     sysfsdev = args.sysfsdev or config.device.sysfsdev
+    _refuse_host_and_model(args, config)
     if host or sysfsdev:
         from vfu_platform.backends.vfio import open_host_device  # imported only for host devices
 
@@ -160,6 +161,36 @@ def make_backend(args: argparse.Namespace, config: Config) -> tuple[DeviceBacken
         return create_model(importable, options), model
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _refuse_host_and_model(args: argparse.Namespace, config: Config) -> None:
+    """A host device and a model named together (flags or config) are an error, never a silent pick."""
+    hosts = [f"--host {args.host}" if args.host else "", f"--sysfsdev {args.sysfsdev}" if args.sysfsdev else "",
+             f"the config's [device] host = {config.device.host!r}" if config.device.host else "",
+             f"the config's [device] sysfsdev = {config.device.sysfsdev!r}" if config.device.sysfsdev else ""]
+    models = [f"--device {args.device}" if args.device else "",
+              f"the config's [device] model = {config.device.model!r}" if config.device.model else "",
+              f"the config's [device] models = {list(config.device.models)!r}" if config.device.models else ""]
+    host, model = next((h for h in hosts if h), ""), next((m for m in models if m), "")
+    if host and model:
+        raise UsageError(f"{model} and {host}: serve a model or a host device, not both")
+
+
+def check_bridge_config(backend: DeviceBackend, config: Config) -> None:
+    """The [bridge] region options and ack registers name regions the device has, inside them."""
+    sizes = {region.index: region.size for region in backend.regions()}
+    have = ", ".join(str(index) for index in sorted(sizes)) or "none"
+    for option in config.bridge.region:
+        if option.index not in sizes:
+            raise UsageError(f"config [[bridge.region]] index = {option.index}: the device has no region "
+                             f"{option.index} (its regions: {have})")
+    for ack in config.bridge.ack:
+        if ack.region not in sizes:
+            raise UsageError(f"config [[bridge.ack]] region = {ack.region}: the device has no region {ack.region} "
+                             f"(its regions: {have})")
+        if ack.offset + 4 > sizes[ack.region]:
+            raise UsageError(f"config [[bridge.ack]] offset = {ack.offset:#x}: a 4-byte register there ends past "
+                             f"region {ack.region} ({sizes[ack.region]:#x} bytes)")
 
 
 def _expand_model_files(model: str) -> str:
@@ -342,6 +373,7 @@ def _open_device(args: argparse.Namespace, config: Config, socket_path: str, tra
 
     backend, model = make_backend(args, config)
     try:
+        check_bridge_config(backend, config)
         if serves_as_pci_function(backend):  # a vfio-pci function is served as itself, no bridge
             bridge: PciBridge | PciPassthrough = PciPassthrough(backend)  # type: ignore[arg-type]
         else:
@@ -349,6 +381,9 @@ def _open_device(args: argparse.Namespace, config: Config, socket_path: str, tra
     except (BarPlanError, ValueError) as exc:
         backend.close()
         raise UsageError(str(exc)) from None
+    except UsageError:
+        backend.close()
+        raise
     unit = _Served(model, socket_path, backend, bridge)
     try:
         options = SessionOptions(max_data_xfer_size=config.server.max_data_xfer_size,

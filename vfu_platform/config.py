@@ -33,8 +33,8 @@ Example:
     socket_mode = "0660"       # the socket file's permissions (default 0600)
     socket_group = "kvm"       # and its group (name or gid): libvirt's QEMU can connect
 
-Several devices in one process, each on its own socket (then no [device] and no
---socket): each keeps its own client, IRQ engine and DMA table.
+Devices example: several devices in one process, each on its own socket (then no
+[device] and no --socket); each keeps its own client, IRQ engine and DMA table.
 
     [[devices]]
     socket = "/run/vfu/edu{n}.sock"   # {n}: 0 .. count-1

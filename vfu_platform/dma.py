@@ -70,7 +70,7 @@ class DmaMapTable:
         self._windows: list[DmaWindow] = []
         self.remote_read: RemoteRead | None = None
         self.remote_write: RemoteWrite | None = None
-        #: called with (iova, size) before a window goes away (host IOMMU unmap hooks in here)
+        #: called with the DmaWindow before it goes away (host IOMMU unmap hooks in here)
         self.on_unmap: list[Callable[[DmaWindow], None]] = []
         self.on_map: list[Callable[[DmaWindow], None]] = []
 

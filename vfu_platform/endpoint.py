@@ -285,7 +285,7 @@ class Endpoint:
         try:
             if check_existing(path, lock_held=False):
                 log.warning("replacing %s: a stale socket left by a server that is gone", path)
-            sock = _bind_atomically(path, mode, gid)
+            sock = bind_listening(path, mode, gid)
         except BaseException:
             lock.release()
             raise
@@ -312,7 +312,13 @@ class Endpoint:
             self.lock = None
 
 
-def _bind_atomically(path: str, mode: int, gid: int | None) -> socket.socket:
+def bind_listening(path: str, mode: int = 0o600, gid: int | None = None, backlog: int = _BACKLOG) -> socket.socket:
+    """A socket listening on `path`, which appears there (by rename) with `mode` and group `gid`.
+
+    Bound in a private 0700 directory through /proc/self/fd/DIRFD/, so every path that
+    fits sun_path works, however long the directory's name.  A socket file already at
+    `path` (a stale one) is replaced atomically.
+    """
     parent = os.path.dirname(os.path.abspath(path))
     try:
         staging = tempfile.mkdtemp(prefix=".", suffix=".vfu.tmp", dir=parent)  # mode 0700
@@ -332,7 +338,7 @@ def _bind_atomically(path: str, mode: int, gid: int | None) -> socket.socket:
                 os.chown(staged, -1, gid)
             except PermissionError:
                 raise SocketPathError(f"cannot give {path} to group {gid}: this user is not in it") from None
-        sock.listen(_BACKLOG)
+        sock.listen(backlog)
         os.rename(staged, path)
     except SocketPathError:
         sock.close()

@@ -10,7 +10,8 @@ A shared leaf: it imports nothing from the package, and every layer may import i
     │   ├── DmaError                      here: a device-initiated DMA access could not be performed
     │   └── VfioHostError                 vfu_platform.backends.vfio.errors: host VFIO set-up
     ├── DmaMapError                       vfu_platform.dma: a DMA_MAP / DMA_UNMAP the table refuses
-    └── VfioUserError                     vfu_platform.client: the server answered a request with an error
+    └── ClientError                       vfu_platform.client: the client library's failures
+        └── VfioUserError                 vfu_platform.client: the server answered a request with an error
 
 `errno` is what the peer is told (the vfio-user error reply); `str(error)` is the
 message for logs and traces.

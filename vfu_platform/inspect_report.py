@@ -18,9 +18,17 @@ The bridge plan is not recomputed here: a `PciBridge` is built over a stand-in
 backend that has exactly the reported regions and IRQs, and asked, so what
 `inspect` prints is what `serve` would do.  The report is one msgspec Struct
 (the host report's fields plus `plan`), printed as an aligned table or as JSON.
+
+Serving a host device means detaching it from its host driver, and the fix lines
+of an unopenable device say how (`.../driver/unbind`).  That is refused for a
+device the host itself runs on (`in_use`, from `host_in_use`): one holding a
+mounted filesystem (through its disks, their partitions and the devices stacked
+on them), an interface that is up, or a PCI bridge (the devices behind it
+would go with it).  Its error then says so, and names no unbind command.
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -29,7 +37,13 @@ import msgspec
 
 from vfu_platform import vfio_abi
 from vfu_platform.backends.base import BackendError, DeviceBackend, IrqInfo, RegionInfo
-from vfu_platform.backends.vfio.inspect import HostReport, IrqReport, RegionReport, inspect_host
+from vfu_platform.backends.vfio.inspect import (
+    HostReport,
+    IrqReport,
+    RegionReport,
+    inspect_host,
+)
+from vfu_platform.backends.vfio.sysfs import SysfsDevice, find_device
 from vfu_platform.bridge.bar_plan import BarPlanError
 from vfu_platform.bridge.device import PciBridge
 
@@ -78,6 +92,126 @@ class InspectReport(HostReport, frozen=True):
     """The host report plus the plan (None when the device could not be opened)."""
 
     plan: PlanReport | None = None
+    #: why the host still needs the device (or a member of its IOMMU group): no unbind is proposed
+    in_use: list[str] = msgspec.field(default_factory=list)
+
+
+# ---------------------------------------------------------------- is the host using it?
+#: PCI base class 0x06: bridges (host 0x0600, PCI-to-PCI 0x0604, ...)
+PCI_BRIDGE_BASE_CLASS = 0x06
+#: IFF_UP in /sys/class/net/IF/flags
+IFF_UP = 0x1
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def _subtree_dirs(top: str, kind: str) -> list[str]:
+    """Every SUBTREE/.../KIND/NAME directory under the device folder `top` (block disks, net interfaces).
+
+    Only real directories are walked (no symlinks: subsystem, driver, of_node lead out
+    of the device), so a bridge's whole hierarchy is seen and nothing else.
+    """
+    found = []
+    for folder, dirs, _files in os.walk(top):
+        if os.path.basename(folder) == kind:
+            found += [os.path.join(folder, name) for name in sorted(dirs)]
+            dirs[:] = []
+    return found
+
+
+def _block_devices(disk: str) -> dict[str, str]:
+    """{maj:min: name} of a disk folder, its partitions and what is stacked on them (holders/: dm, md)."""
+    seen: dict[str, str] = {}
+    todo = [disk]
+    while todo:
+        folder = os.path.realpath(todo.pop())
+        number = _read_text(os.path.join(folder, "dev"))
+        if number is None or number in seen:
+            continue
+        seen[number] = os.path.basename(folder)
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            entries = []
+        for entry in entries:  # partitions: subfolders with their own dev (vda1 under vda)
+            if os.path.isfile(os.path.join(folder, entry, "dev")) and entry != "holders":
+                todo.append(os.path.join(folder, entry))
+        holders = os.path.join(folder, "holders")
+        try:
+            todo += [os.path.join(holders, name) for name in sorted(os.listdir(holders))]
+        except OSError:
+            pass
+    return seen
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str]]:
+    """(maj:min, mount point, source) of each mount in a /proc/PID/mountinfo file."""
+    mounts = []
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                fields = line.split()
+                if len(fields) < 5 or "-" not in fields[6:]:
+                    continue
+                after = fields.index("-", 6)
+                source = fields[after + 2] if len(fields) > after + 2 else ""
+                mounts.append((fields[2], fields[4].replace("\\040", " "), source))
+    except OSError:
+        pass
+    return mounts
+
+
+def in_use_reasons(device: SysfsDevice, mountinfo: str = MOUNTINFO) -> list[str]:
+    """Why the host still needs `device`: one phrase per mounted filesystem, interface up, or bridge."""
+    reasons = []
+    ids = device.pci_ids()
+    if ids is not None and ids[2] >> 16 == PCI_BRIDGE_BASE_CLASS:
+        reasons.append(f"it is a PCI bridge (class {ids[2]:06x}): the devices behind it would lose their bus")
+    mounts = _mounts(mountinfo)
+    for disk in _subtree_dirs(device.path, "block"):
+        numbers = _block_devices(disk)
+        names = set(numbers.values())
+        for number, point, source in mounts:
+            held = numbers.get(number) or (os.path.basename(source) if source.startswith("/dev/")
+                                           and os.path.basename(source) in names else None)
+            if held is not None:
+                reasons.append(f"{point} is mounted from {held} (disk {os.path.basename(disk)})")
+    for interface in _subtree_dirs(device.path, "net"):
+        flags = _read_text(os.path.join(interface, "flags"))
+        try:
+            up = flags is not None and int(flags, 16) & IFF_UP
+        except ValueError:
+            up = False
+        if up:
+            reasons.append(f"network interface {os.path.basename(interface)} is up")
+    return reasons
+
+
+def host_in_use(device: SysfsDevice, mountinfo: str = MOUNTINFO) -> list[str]:
+    """`in_use_reasons` of the device and of every other member of its IOMMU group not on vfio."""
+    reasons = [] if device.bound_to_vfio else in_use_reasons(device, mountinfo)
+    try:
+        members = device.group_members()
+    except OSError:
+        members = []
+    for member in members:
+        if member.path != device.path and member.bus in ("pci", "platform", "amba") and not member.bound_to_vfio:
+            reasons += [f"{member.name} (same IOMMU group): {why}" for why in in_use_reasons(member, mountinfo)]
+    return reasons
+
+
+def refusal(device: SysfsDevice, reasons: Sequence[str]) -> str:
+    """The one error line for a device the host still uses."""
+    driver = f" from {device.driver}" if device.driver else ""
+    return (f"refusing to propose unbinding {device.name}{driver}: the host uses it - {'; '.join(reasons)}; "
+            "serve another device (inspect one whose host driver nothing here depends on)")
 
 
 # ---------------------------------------------------------------- the plan
@@ -312,18 +446,27 @@ def _bar_line(bar: PlanBar) -> str:
 
 
 # ---------------------------------------------------------------- the command
-def print_inspect(name: str, as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """`vfu-platform inspect NAME [--json]`; 0, or 1 when the device cannot be opened.
+def print_inspect(name: str, as_json: bool, out: TextIO | None = None, err: TextIO | None = None, *,
+                  sysfs: str = "/sys", mountinfo: str = MOUNTINFO, allow_in_use: bool = False) -> int:
+    """`vfu-platform inspect NAME [--json]`; 0, or 1 when the device cannot be opened or the host uses it.
 
     NAME is a device name (9010000.pl031, 0000:00:05.0) or a sysfs path.  A
     missing device raises VfioHostError (the CLI prints its one line).  A device
     that exists but cannot be opened is still described, with the reason: in
-    the JSON as `error`, in the table as its last line and on stderr.
+    the JSON as `error`, in the table as its last line and on stderr.  A device
+    the host uses (`host_in_use`) gets the refusal as its error instead, unless
+    `allow_in_use`.  `sysfs` and `mountinfo` are where to look (a test's tree).
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    host = inspect_host(sysfsdev=name) if "/" in name else inspect_host(host=name)
+    device = find_device(sysfsdev=name, sysfs=sysfs) if "/" in name else find_device(host=name, sysfs=sysfs)
+    host = inspect_host(sysfsdev=device.path)
+    reasons = [] if allow_in_use else host_in_use(device, mountinfo)
     report = with_plan(host)
+    if reasons:
+        fields = {key: getattr(report, key) for key in report.__struct_fields__}
+        fields.update(in_use=reasons, error=refusal(device, reasons), problem="in-use")
+        report = InspectReport(**fields)
     if as_json:
         out.write(msgspec.json.encode(report).decode() + "\n")
     else:

@@ -10,6 +10,8 @@ Three things, all required by QEMU's vfio-user client:
   for every DMA access; `-m` must equal the backend's size;
 * the machine, naming that backend (`-machine TYPE,memory-backend=ID`): x86
   `q35` or `pc`, Arm `virt` (with a GICv3, whose ITS takes the device's MSIs).
+  `virt` also gets `-cpu max`: its default CPU is a 32-bit cortex-a15, which no
+  aarch64 kernel runs on (`max` is the host's CPU under KVM, every feature under TCG).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ MACHINES = {
     "pc": "pc",
     "virt": "virt,gic-version=3",
 }
+#: the CPU per machine type, where QEMU's default does not fit (none: QEMU's default)
+CPUS = {"virt": "max"}
 FORMATS = ("lines", "shell", "json")
 
 _SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
@@ -47,8 +51,10 @@ def qemu_args(socket: str, machine: str = "q35", memory: str = "1G", device_id: 
             raise QemuArgsError(f"bad {what} {value!r}: a letter, then letters, digits, '-', '.' or '_'")
     device = {"driver": "vfio-user-pci", "id": device_id,
               "socket": {"type": "unix", "path": os.path.abspath(socket)}}
+    cpu = ["-cpu", CPUS[machine]] if machine in CPUS else []
     return [
         "-machine", f"{MACHINES[machine]},memory-backend={memory_id}",
+        *cpu,
         "-m", size,
         "-object", f"memory-backend-memfd,id={memory_id},size={size},share=on",
         "-device", json.dumps(device, separators=(",", ":")),
