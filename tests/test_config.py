@@ -63,7 +63,6 @@ def test_the_documented_devices_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_the_documented_example_is_valid(tmp_path: Path) -> None:
-    docstring = config_module.__doc__ or ""
     config = load(tmp_path, documented_example("Example:", "Devices example:"))
     assert config.device.model == "gpio"
     assert config.device.options == {"lines": 4}
