@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -17,16 +16,23 @@ def examples() -> dict[str, str]:
     return {name: code for name, code in BLOCK.findall(README.read_text())}
 
 
-def plugin_args() -> list[str]:
-    """-p for the plugin only when the installed metadata lacks its pytest11 entry point."""
-    names = {ep.name for ep in metadata.entry_points(group="pytest11")}
-    return [] if "vfu_platform" in names else ["-p", "vfu_platform.testing.plugin"]
+def plugin_args(directory: Path) -> list[str]:
+    """-p for the plugin only when the metadata pytest sees lacks its pytest11 entry point.
+
+    Asked in `directory`, where the inner pytest runs: a stray vfu_platform.egg-info in
+    this process's working directory must not answer for it.
+    """
+    probe = ("import importlib.metadata as m; "
+             "print('vfu_platform' in {ep.name for ep in m.entry_points(group='pytest11')})")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=directory, capture_output=True, text=True,
+                           timeout=60, check=True).stdout.strip()
+    return [] if found == "True" else ["-p", "vfu_platform.testing.plugin"]
 
 
 def run_pytest(directory: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
     for name, code in files.items():
         (directory / name).write_text(code)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args(),
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args(directory),
                            "--rootdir", str(directory), str(directory)],
                           cwd=directory, capture_output=True, text=True, timeout=120)
 

@@ -285,12 +285,12 @@ def serve(args: argparse.Namespace) -> int:
     served: list[_Served] = []
     try:
         for socket_path, alone, trace, control_path in units:
-            prefix = f"{socket_path}: " if len(units) > 1 else ""
+            label = socket_path if len(units) > 1 else ""  # names the device in its log and errors
             try:
                 served.append(_open_device(args, alone, socket_path, trace, control_path, loop,
-                                           passed, mode, gid, first=not served, label=prefix[:-2]))
+                                           passed, mode, gid, first=not served, label=label))
             except UsageError as exc:
-                raise UsageError(f"{prefix}{exc}") from None
+                raise UsageError(f"{label}: {exc}" if label else str(exc)) from None
         first = served[0].server
         first.on_reopen += [logs.reopen, *(unit.tracer.reopen for unit in served if unit.tracer)]  # SIGHUP
         for unit in served:

@@ -22,9 +22,6 @@ import sys
 from typing import Any
 
 from vfu_platform.backends.base import DeviceBackend
-from vfu_platform.endpoint import bind_listening, check_existing, check_socket_path
-from vfu_platform.server.control import MAX_CLIENTS, ControlServer
-from vfu_platform.server.control import log as control_log
 
 CONTROL_SUFFIX = ".ctl"
 #: the first word of the lines the server answers itself on the control socket
@@ -89,26 +86,6 @@ def qemu_args(args: argparse.Namespace) -> int:
     return 0
 
 
-class _StatusControlServer(ControlServer):
-    """ControlServer, its socket bound the way the main one is (endpoint.bind_listening).
-
-    ControlServer.listen binds a staging name `DIR/.PID.ctl.tmp`, longer than
-    `SOCKET.ctl` when the socket's own name is short: a legal control path near the
-    107-byte limit failed to bind (a 103-byte --socket lost its status channel).
-    """
-
-    def listen(self, mode: int = 0o600, gid: int | None = None, replace_stale: bool = False) -> None:
-        if replace_stale:  # the main socket's lock is ours: a socket left here by a killed server is replaced
-            check_existing(self.path, lock_held=False)
-        else:
-            check_socket_path(self.path)
-        listener = bind_listening(self.path, mode, gid, MAX_CLIENTS)  # renamed over a stale one
-        listener.setblocking(False)
-        self._listener = listener
-        self.loop.add_reader(listener.fileno(), self._on_connection)
-        control_log.info("control socket on %s", self.path)
-
-
 def open_control(server: Any, backend: DeviceBackend, path: str | None, name: str, kind: str) -> Any:
     """Listen on the control socket (`path`, else SOCKET.ctl) in the server's loop; None if it cannot.
 
@@ -117,6 +94,7 @@ def open_control(server: Any, backend: DeviceBackend, path: str | None, name: st
     one only costs a warning.
     """
     from vfu_platform.backends.base import route_control
+    from vfu_platform.server.control import ControlServer
     from vfu_platform.endpoint import SocketPathError
     from vfu_platform.status import collect_status
 
@@ -130,7 +108,7 @@ def open_control(server: Any, backend: DeviceBackend, path: str | None, name: st
     derived = path is None
     target = status_path(server.path) if derived else path
     st = os.stat(server.path)
-    control = _StatusControlServer(target, server.loop, handler)
+    control = ControlServer(target, server.loop, handler)
     try:
         control.listen(mode=st.st_mode & 0o777, gid=st.st_gid, replace_stale=derived)
     except (SocketPathError, OSError) as exc:

@@ -27,7 +27,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 
-from vfu_platform.endpoint import SocketPathError, check_existing, check_socket_path
+from vfu_platform.endpoint import SUN_PATH_MAX, SocketPathError, bind_listening, check_existing, check_socket_path
 from vfu_platform.server.loop import EventLoop, TimerHandle
 
 log = logging.getLogger("vfu_platform.control")
@@ -37,8 +37,6 @@ Handler = Callable[[list[str]], str]
 MAX_CLIENTS = 8
 MAX_LINE = 4096
 IDLE_TIMEOUT = 30.0
-#: the longest unix socket path the kernel takes (sun_path, less its NUL)
-SUN_PATH_MAX = 107
 
 
 class _Connection:
@@ -64,7 +62,7 @@ class ControlServer:
 
     # ------------------------------------------------------------ setup / teardown
     def listen(self, mode: int = 0o600, gid: int | None = None, replace_stale: bool = False) -> None:
-        """Create the socket (born 0600, given `mode` and group `gid`, renamed into place once listening).
+        """Create the socket (given `mode` and group `gid` in a private folder, renamed into place once listening).
 
         `replace_stale`: the caller holds the lock that owns this path (the main socket's),
         so a socket file nobody listens on was left by a dead server and is replaced.
@@ -75,27 +73,7 @@ class ControlServer:
             check_socket_path(self.path)
         if len(os.fsencode(self.path)) > SUN_PATH_MAX:
             raise SocketPathError(f"cannot listen on {self.path}: longer than the {SUN_PATH_MAX}-byte socket path limit")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        # a short private name in the same directory: a path near the limit still works
-        staging = os.path.join(os.path.dirname(self.path), f".{os.getpid()}.ctl.tmp")
-        old_umask = os.umask(0o177)
-        try:
-            listener.bind(staging)
-            listener.listen(MAX_CLIENTS)
-            if gid is not None:
-                os.chown(staging, -1, gid)
-            if mode != 0o600:
-                os.chmod(staging, mode)
-            os.rename(staging, self.path)
-        except OSError as exc:
-            listener.close()
-            try:
-                os.unlink(staging)
-            except FileNotFoundError:
-                pass
-            raise SocketPathError(f"cannot listen on {self.path}: {exc.strerror or exc}") from None
-        finally:
-            os.umask(old_umask)
+        listener = bind_listening(self.path, mode, gid, MAX_CLIENTS)  # as the main socket: renamed into place
         listener.setblocking(False)
         self._listener = listener
         self.loop.add_reader(listener.fileno(), self._on_connection)

@@ -55,40 +55,34 @@ class EventLoop:
     # ------------------------------------------------------------ registration
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self._readers[fd] = callback
-        self._update(fd, True)
+        self._update(fd)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            self._update(fd, False)
+            self._update(fd)
 
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
         """Call `callback` while `fd` can take more output (a full socket buffer drained)."""
         self._writers[fd] = callback
-        self._update(fd, True)
+        self._update(fd)
 
     def remove_writer(self, fd: int) -> None:
         if self._writers.pop(fd, None) is not None:
-            self._update(fd, False)
+            self._update(fd)
 
-    def _update(self, fd: int, added: bool) -> None:
+    def _update(self, fd: int) -> None:
+        """Make the epoll watch of `fd` what its reader and writer ask for (none: unwatched)."""
         mask = (select.EPOLLIN if fd in self._readers else 0) | (select.EPOLLOUT if fd in self._writers else 0)
-        try:
-            if not mask:
+        if not mask:
+            try:
                 self._epoll.unregister(fd)
-            elif added and mask in (select.EPOLLIN, select.EPOLLOUT):  # the fd's first watch
-                try:
-                    self._epoll.register(fd, mask)
-                except FileExistsError:  # a re-registration of the same watch
-                    self._epoll.modify(fd, mask)
-            else:
-                self._epoll.modify(fd, mask)
-        except FileNotFoundError:  # the old file behind this fd number was closed
-            if mask:
-                self._epoll.register(fd, mask)
-        except (OSError, ValueError):
-            if mask:
-                raise
-            # unregistering a closed fd: the kernel dropped it from the epoll set already
+            except (OSError, ValueError):
+                pass  # already closed: the kernel dropped it from the epoll set
+            return
+        try:
+            self._epoll.modify(fd, mask)
+        except FileNotFoundError:  # not watched yet, or the old file behind this fd number was closed
+            self._epoll.register(fd, mask)
 
     def watched(self) -> list[int]:
         return list(self._readers)
